@@ -1,0 +1,3 @@
+from sessionflow.cli.app import main
+
+main()

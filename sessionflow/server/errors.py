@@ -1,0 +1,81 @@
+"""One error shape for every failure the API reports: {"error": code, "detail": sentence}."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = headers
+
+
+def bad_request(detail: str, error: str = "invalid_request") -> ApiError:
+    return ApiError(400, error, detail)
+
+
+def not_found(session_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no session {session_id!r}")
+
+
+def describe_validation_errors(errors: list[Any], *, limit: int = 5) -> str:
+    """Pydantic's errors as one readable sentence: where, and what was wrong."""
+    parts = []
+    for err in errors[:limit]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            msg = "the body is not valid JSON"
+            loc = ""
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = len(errors) - limit
+    if more > 0:
+        parts.append(f"and {more} more problems")
+    return "; ".join(parts)
+
+
+def _json(
+    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return _json(exc.status, exc.error, exc.detail, exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        return _json(400, "invalid_request", describe_validation_errors(list(exc.errors())))
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return _json(exc.status_code, code, str(exc.detail), exc.headers)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -1,0 +1,100 @@
+"""Running the API for real: resolve the database (embedded or not), migrate, make the first
+local token, bind, and serve with uvicorn until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import uvicorn
+
+from sessionflow.db import migrate
+from sessionflow.local import resolve_database
+from sessionflow.server.app import create_app
+from sessionflow.settings import Settings
+from sessionflow.tokens import count_active_tokens, create_token
+
+log = logging.getLogger(__name__)
+
+LOCAL_OWNER = "local"
+
+
+class ServeError(RuntimeError):
+    """A reason the server cannot start, worded for the person who started it."""
+
+
+def write_secret(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as f:
+        f.write(content + "\n")
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+
+def ensure_local_token(dsn: str, token_file: Path) -> bool:
+    """In embedded mode with no token yet, make one for owner 'local' and keep it in
+    token_file (mode 0600). Returns whether one was made."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if count_active_tokens(conn) > 0 and token_file.exists():
+            return False
+        with conn.transaction():
+            _, token = create_token(conn, LOCAL_OWNER)
+            write_secret(token_file, token)
+    return True
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pass another --port"
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    say: Callable[[str], None] = print,
+) -> None:
+    dsn, embedded = resolve_database(settings)
+    try:
+        migrate(dsn)
+    except psycopg.OperationalError as exc:
+        raise ServeError(f"cannot reach the database: {exc}".splitlines()[0]) from exc
+    if embedded is not None and ensure_local_token(dsn, settings.token_file):
+        say(f"Created an API token for owner '{LOCAL_OWNER}' in {settings.token_file}")
+    elif embedded is not None:
+        say(f"API token for owner '{LOCAL_OWNER}': see {settings.token_file}")
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    app = create_app(settings, dsn, migrate_on_start=False)
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_interval_seconds,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    say(f"sessionflow serving on http://{shown_host}:{bound_port}")
+    sys.stdout.flush()
+    server.run(sockets=[sock])

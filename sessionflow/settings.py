@@ -1,0 +1,79 @@
+"""Every knob sessionflow has, in one pydantic-settings class (environment prefix SESSIONFLOW_)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sessionflow.protocol import MAX_BATCH_IDS, MAX_ID_LENGTH
+
+MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    """Where the embedded database and local transcripts live when nothing is configured."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "sessionflow"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SESSIONFLOW_", extra="ignore")
+
+    # Where things live. No database URL means: start an embedded PostgreSQL in data_dir.
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SESSIONFLOW_DATABASE_URL", "DATABASE_URL"),
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    storage_url: str | None = None  # default: file://<data_dir>/transcripts
+    s3_endpoint_url: str | None = None
+
+    # Database pool.
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=10, ge=1)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # API limits.
+    max_batch_ids: int = Field(default=MAX_BATCH_IDS, ge=1)
+    max_register_sessions: int = Field(default=MAX_BATCH_IDS, ge=1)
+    max_id_length: int = Field(default=MAX_ID_LENGTH, ge=1)
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=0)
+    max_json_body_bytes: int = Field(default=2 * MiB, ge=1024)
+    max_transcript_bytes: int = Field(default=256 * MiB, ge=1)
+
+    # Live stream (WebSocket) limits.
+    ws_enabled: bool = True
+    ws_max_watched: int = Field(default=10_000, ge=1)
+    ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ws_coalesce_seconds: float = Field(default=0.02, ge=0)
+    listen_ping_interval_seconds: float = Field(default=5.0, gt=0)
+
+    # Worker.
+    worker_concurrency: int = Field(default=2, ge=1)
+    worker_poll_seconds: float = Field(default=5.0, gt=0)
+    worker_lease_seconds: float = Field(default=30.0, gt=0)
+    worker_max_attempts: int = Field(default=3, ge=1)
+    worker_retry_base_seconds: float = Field(default=1.0, ge=0)
+    summarizer: str = "heuristic"
+    summarize_min_user_prompts: int = Field(default=2, ge=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "transcripts").resolve().as_uri()
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / "token"
