@@ -58,3 +58,7 @@ FROM sessions WHERE owner = %(owner)s AND id = %(id)s;
 
 -- name: migrations_applied
 SELECT name FROM schema_migrations ORDER BY name;
+
+-- ===== worker: claims, leases, stage transitions =====
+
+-- ===== live stream: snapshots for the hub =====

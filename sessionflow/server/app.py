@@ -41,6 +41,8 @@ def create_app(settings: Settings, dsn: str, *, migrate_on_start: bool = True) -
             stack.push_async_callback(pool.close)
             state = AppState(settings=settings, pool=pool, store=store)
             app.state.sessionflow = state
+            # -- live hub: started here --
+            # -- in-process worker: started here --
             yield
 
     app = FastAPI(
