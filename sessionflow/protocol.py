@@ -58,7 +58,7 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # Shapes only: how many ids and how long may be are limits the server checks against its
 # settings (defaults MAX_BATCH_IDS, MAX_ID_LENGTH), so that they stay configurable.
 LookupId = Annotated[str, StringConstraints(min_length=1)]
-SessionId = Annotated[str, StringConstraints(min_length=1, pattern=SESSION_ID_PATTERN)]
+SessionId = Annotated[str, StringConstraints(min_length=1)]  # alphabet: is_valid_session_id
 Sha256Hex = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 

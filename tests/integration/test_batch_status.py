@@ -133,7 +133,12 @@ async def test_batch_status_refuses_oversized_body_with_413(
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+    ],
 )
 async def test_batch_status_requires_a_valid_bearer_token(
     api: httpx.AsyncClient, headers: dict[str, str]
