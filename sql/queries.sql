@@ -62,3 +62,16 @@ SELECT name FROM schema_migrations ORDER BY name;
 -- ===== worker: claims, leases, stage transitions =====
 
 -- ===== live stream: snapshots for the hub =====
+
+-- name: live_listen
+-- The hub's one LISTEN per server process (sessionflow/server/live.py).
+LISTEN session_lifecycle;
+
+-- name: live_ping
+-- Liveness of the LISTEN connection: a half-open link only shows itself when asked something.
+SELECT 1;
+
+-- name: live_snapshot
+-- What a watch is answered with, and what a resync re-reads: the batch-status shape.
+SELECT id, lifecycle, parse_status, version
+FROM sessions WHERE owner = %(owner)s AND id = ANY(%(ids)s);

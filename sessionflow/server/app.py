@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from sessionflow.db import make_pool, migrate
 from sessionflow.server.deps import AppState
 from sessionflow.server.errors import install_error_handlers
-from sessionflow.server.routes import health, sessions
+from sessionflow.server.live import LiveHub
+from sessionflow.server.routes import health, sessions, watch
 from sessionflow.settings import Settings
 from sessionflow.storage import open_store
 
@@ -41,7 +42,17 @@ def create_app(settings: Settings, dsn: str, *, migrate_on_start: bool = True) -
             stack.push_async_callback(pool.close)
             state = AppState(settings=settings, pool=pool, store=store)
             app.state.sessionflow = state
-            # -- live hub: started here --
+            if settings.ws_enabled:
+                hub = LiveHub(
+                    dsn,
+                    pool,
+                    ping_interval=settings.listen_ping_interval_seconds,
+                    connect_timeout=settings.connect_timeout_seconds,
+                )
+                await hub.start(wait=settings.connect_timeout_seconds)
+                stack.push_async_callback(hub.stop)
+                app.state.live_hub = hub
+                state.readiness["live hub"] = hub.is_ready
             # -- in-process worker: started here --
             yield
 
@@ -54,4 +65,6 @@ def create_app(settings: Settings, dsn: str, *, migrate_on_start: bool = True) -
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    if settings.ws_enabled:
+        app.include_router(watch.router)
     return app
