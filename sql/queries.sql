@@ -47,8 +47,13 @@ RETURNING lifecycle, version;
 SELECT lifecycle, version FROM sessions WHERE owner = %(owner)s AND id = %(id)s;
 
 -- name: batch_status
-SELECT id, lifecycle, parse_status, version
-FROM sessions WHERE owner = %(owner)s AND id = ANY(%(ids)s);
+-- The polling hot path. PostgreSQL builds the statuses object itself and takes the ids as one
+-- JSON array: both are several times cheaper in C than in Python, per request.
+SELECT coalesce(json_object_agg(id, json_build_object(
+           'lifecycle', lifecycle, 'parse_status', parse_status, 'version', version)), '{}')::text,
+       coalesce(array_agg(id), '{}')
+FROM sessions
+WHERE owner = %(owner)s AND id = ANY(ARRAY(SELECT json_array_elements_text(%(ids)s::json)));
 
 -- name: session_detail
 SELECT id, lifecycle, parse_status, version, error, attempts, transcript_sha256,
@@ -60,6 +65,99 @@ FROM sessions WHERE owner = %(owner)s AND id = %(id)s;
 SELECT name FROM schema_migrations ORDER BY name;
 
 -- ===== worker: claims, leases, stage transitions =====
+
+-- name: claim_sessions
+-- Takes up to %(limit)s runnable sessions that no live lease holds (none, or one whose worker
+-- stopped renewing it), oldest first. Every claim counts as an attempt, so a transcript that
+-- kills its worker each time still ends up failed.
+WITH picked AS (
+    SELECT owner, id FROM sessions
+    WHERE lifecycle IN ('queued', 'downloading', 'parsing', 'summarizing')
+      AND run_after <= now()
+      AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+    ORDER BY run_after
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE sessions AS s
+SET lease_token = gen_random_uuid(), lease_owner = %(worker)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    attempts = s.attempts + 1
+FROM picked
+WHERE s.owner = picked.owner AND s.id = picked.id
+RETURNING s.owner, s.id, s.lifecycle, s.lease_token, s.attempts, s.transcript_key,
+          s.transcript_sha256, s.transcript_size;
+
+-- name: extend_leases
+-- Renews the leases a worker still holds; a lease missing from the result was taken away
+-- (re-ingest, or expiry and another worker's claim) and its job must be abandoned.
+UPDATE sessions AS s
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM unnest(%(owners)s::text[], %(ids)s::text[], %(leases)s::uuid[]) AS h(owner, id, lease)
+WHERE s.owner = h.owner AND s.id = h.id AND s.lease_token = h.lease
+RETURNING s.lease_token;
+
+-- Every statement below is fenced by the lease token: no row updated means the job is no
+-- longer this worker's to finish.
+
+-- name: job_advance
+UPDATE sessions SET lifecycle = %(lifecycle)s
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+RETURNING version;
+
+-- name: job_start_summarizing
+UPDATE sessions
+SET lifecycle = 'summarizing', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
+    error = NULL
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+RETURNING version;
+
+-- name: job_finish_parsed
+UPDATE sessions
+SET lifecycle = 'parsed', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
+    error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+RETURNING version;
+
+-- name: job_finish_summarized
+UPDATE sessions
+SET lifecycle = 'summarized', summary = %(summary)s::jsonb,
+    error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+RETURNING version;
+
+-- name: job_parse_result
+SELECT parse_result FROM sessions
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+
+-- name: job_release
+-- Gives a job back for a later attempt: after a transient error (with a backoff and the
+-- reason in error), or undone on a graceful stop (refund = 1: that attempt does not count).
+UPDATE sessions
+SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+    run_after = now() + make_interval(secs => %(delay_seconds)s),
+    attempts = greatest(attempts - %(refund)s, 0), error = coalesce(%(error)s, error)
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+RETURNING version;
+
+-- name: job_fail
+-- A session that was never parsed fails its parse too; one that failed later keeps its result.
+UPDATE sessions
+SET lifecycle = 'failed', error = %(error)s,
+    parse_status = CASE WHEN parse_status = 'pending' THEN 'failed' ELSE parse_status END,
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+RETURNING version;
+
+-- name: jobs_wake
+-- Wakes the workers for jobs given back without a re-ingest (which wakes them by itself).
+SELECT pg_notify('session_jobs', '');
+
+-- name: jobs_listen
+LISTEN session_jobs;
+
+-- name: listener_ping
+SELECT 1;
 
 -- ===== live stream: snapshots for the hub =====
 

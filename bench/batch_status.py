@@ -1,0 +1,185 @@
+"""Benchmark: POST /api/sessions/batch-status under load, against the floor of the same query
+sent straight through psycopg, in one run.
+
+100,000 sessions in the table; 16 concurrent clients each asking for 500 random ids (a tenth
+of them unknown) over keep-alive connections to a real `sessionflow serve` process.
+
+    uv run python bench/batch_status.py [--sessions 100000] [--clients 16] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from bench.common import (
+    bench_database,
+    make_token,
+    percentile,
+    print_table,
+    server_process,
+    write_report,
+)
+from sessionflow.queries import Q
+
+OWNER = "bench"
+
+
+def load_sessions(dsn: str, count: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Bulk load without the triggers: 100k NOTIFYs would measure nothing useful here.
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            """
+            INSERT INTO sessions (owner, id, lifecycle, parse_status, version, transcript_key,
+                                  transcript_size, transcript_sha256)
+            SELECT %s, 'session-' || g, (ARRAY['summarized', 'parsed', 'queued', 'failed'])[g %% 4 + 1],
+                   'ok', g, 'k', 1000, repeat('a', 64)
+            FROM generate_series(1, %s) AS g
+            """,
+            (OWNER, count),
+        )
+        conn.execute("ANALYZE sessions")
+
+
+def pick_ids(rng: random.Random, count: int, batch: int) -> list[str]:
+    known = [f"session-{rng.randint(1, count)}" for _ in range(batch * 9 // 10)]
+    unknown = [f"missing-{rng.randint(1, 10**9)}" for _ in range(batch - len(known))]
+    return known + unknown
+
+
+async def http_client(
+    host: str, port: int, token: str, bodies: list[bytes], stop_at: float, latencies: list[float]
+) -> None:
+    """A lean keep-alive HTTP/1.1 client, so the load generator costs little CPU."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        "POST /api/sessions/batch-status HTTP/1.1\r\nHost: bench\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    ).encode()
+    i = 0
+    try:
+        while time.perf_counter() < stop_at:
+            body = bodies[i % len(bodies)]
+            i += 1
+            started = time.perf_counter()
+            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            headers = await reader.readuntil(b"\r\n\r\n")
+            status = headers[9:12]
+            length = 0
+            for line in headers.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            if status != b"200":
+                raise RuntimeError(f"HTTP {status.decode()}")
+            latencies.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def floor_client(
+    dsn: str, id_batches: list[list[str]], stop_at: float, latencies: list[float]
+) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        i = 0
+        while time.perf_counter() < stop_at:
+            ids = id_batches[i % len(id_batches)]
+            i += 1
+            started = time.perf_counter()
+            cur = await conn.execute(
+                Q.batch_status, {"owner": OWNER, "ids": json.dumps(ids)}, prepare=True
+            )
+            await cur.fetchall()
+            latencies.append(time.perf_counter() - started)
+
+
+async def run_phase(name: str, make_client, clients: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    # One warm-up second, whose figures are dropped.
+    warm: list[float] = []
+    await asyncio.gather(*(make_client(time.perf_counter() + 1.0, warm) for _ in range(clients)))
+    latencies: list[float] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(make_client(started + seconds, latencies) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    rng = random.Random(7)
+    with bench_database("sessionflow_bench_batch") as dsn, tempfile.TemporaryDirectory() as tmp:
+        load_sessions(dsn, args.sessions)
+        token = make_token(dsn, OWNER)
+        id_batches = [pick_ids(rng, args.sessions, 500) for _ in range(200)]
+        bodies = [json.dumps({"session_ids": ids}).encode() for ids in id_batches]
+
+        floor = await run_phase(
+            "floor",
+            lambda stop, lat: floor_client(dsn, id_batches, stop, lat),
+            args.clients,
+            args.seconds,
+        )
+        with server_process(dsn, Path(tmp)) as (url, _proc):
+            host, port = url.removeprefix("http://").split(":")
+            endpoint = await run_phase(
+                "endpoint",
+                lambda stop, lat: http_client(host, int(port), token, bodies, stop, lat),
+                args.clients,
+                args.seconds,
+            )
+    return {
+        "sessions": args.sessions,
+        "clients": args.clients,
+        "ids_per_request": 500,
+        "seconds": args.seconds,
+        "endpoint": endpoint,
+        "floor_psycopg": floor,
+        "ratio_p50": endpoint["p50_ms"] / floor["p50_ms"],
+        "ratio_p99": endpoint["p99_ms"] / floor["p99_ms"],
+        "ratio_rps": floor["rps"] / endpoint["rps"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    report = asyncio.run(main_async(args))
+    e, f = report["endpoint"], report["floor_psycopg"]
+    assert isinstance(e, dict) and isinstance(f, dict)
+    print_table(
+        f"batch-status: {args.sessions} sessions, {args.clients} clients, 500 ids/request",
+        [
+            ("", "req/s", "p50 ms", "p99 ms"),
+            ("endpoint (HTTP)", f"{e['rps']:.0f}", f"{e['p50_ms']:.1f}", f"{e['p99_ms']:.1f}"),
+            ("floor (psycopg)", f"{f['rps']:.0f}", f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}"),
+            (
+                "ratio endpoint/floor",
+                f"{report['ratio_rps']:.2f}x",
+                f"{report['ratio_p50']:.2f}x",
+                f"{report['ratio_p99']:.2f}x",
+            ),
+        ],
+    )
+    print(f"\nwritten to {write_report('batch_status', report)}")
+
+
+if __name__ == "__main__":
+    main()
