@@ -1,0 +1,238 @@
+"""The client side of the live stream (WS /api/sessions/watch), as an async iterator.
+
+    async with contextlib.aclosing(watch(url, token, ids)) as updates:
+        async for update in updates:
+            ...
+
+The first update after each (re)connect is a snapshot (`snapshot=True`) covering every
+watched id; later ones are deltas holding only the ids whose state moved forward. States
+are merged by `version`, so duplicates and reordering never show. It speaks only the wire
+contract of sessionflow.protocol and never imports the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from sessionflow.protocol import (
+    MAX_BATCH_IDS,
+    WS_CLOSE_POLICY,
+    WS_CLOSE_UNAUTHORIZED,
+    ErrorMessage,
+    SessionStatus,
+    StatusesMessage,
+    WatchMessage,
+)
+
+WATCH_PATH = "/api/sessions/watch"
+# Reconnect delays: from BACKOFF_BASE doubling up to BACKOFF_MAX, with jitter.
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 15.0
+# Whatever a server sends is at most 500 ids per message; this leaves ample room.
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class WatchUnavailable(Exception):
+    """The live stream cannot be used right now (cannot connect, or the connection dropped,
+    or the server has none); polling batch-status still may."""
+
+
+class WatchRejected(WatchUnavailable):
+    """The server refused the request itself (over its limits, say): retrying cannot help."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(f"the server rejected the watch ({error}): {detail}")
+        self.error = error
+        self.detail = detail
+
+
+class WatchAuthError(Exception):
+    """The server refused the API token (401/403): retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class WatchUpdate:
+    statuses: dict[str, SessionStatus]
+    not_found: list[str]
+    snapshot: bool
+
+
+def websocket_url(base_url: str) -> str:
+    """http(s)://host/prefix -> ws(s)://host/prefix/api/sessions/watch"""
+    parts = urlsplit(base_url.strip())
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    scheme = schemes.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {base_url!r}")
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + WATCH_PATH, "", ""))
+
+
+def newer(current: SessionStatus | None, candidate: SessionStatus) -> bool:
+    """Whether `candidate` moves a session forward from `current` (by version)."""
+    if current is None:
+        return True
+    return _version(candidate) > _version(current)
+
+
+def _version(status: SessionStatus) -> int:
+    return -1 if status.version is None else status.version
+
+
+def backoff_delay(attempt: int) -> float:
+    delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0**attempt)
+    return delay * random.uniform(0.5, 1.0)
+
+
+class _Dropped(Exception):
+    """One connection failed in a way a later one may not: worth retrying."""
+
+
+async def watch(
+    base_url: str,
+    token: str,
+    session_ids: Sequence[str],
+    *,
+    reconnect: bool = True,
+    connect_timeout: float = 10.0,
+) -> AsyncGenerator[WatchUpdate]:
+    """Yield the states of `session_ids` as they change, until the caller stops iterating.
+
+    With reconnect=True a lost connection is re-opened with backoff and resubscribed, and the
+    fresh snapshot is trusted. With reconnect=False, not being able to connect or losing the
+    connection raises WatchUnavailable. Either way a refused token raises WatchAuthError at
+    once, and a request the server rejects raises WatchRejected (a WatchUnavailable)."""
+    ids = list(dict.fromkeys(session_ids))
+    if not ids:
+        raise ValueError("watch needs at least one session id")
+    url = websocket_url(base_url)
+    attempt = 0
+    while True:
+        try:
+            async with aclosing(_connection(url, token, ids, connect_timeout)) as updates:
+                async for update in updates:
+                    if update.snapshot:
+                        attempt = 0
+                    yield update
+        except _Dropped as exc:
+            if not reconnect:
+                raise WatchUnavailable(str(exc)) from exc.__cause__
+        await asyncio.sleep(backoff_delay(attempt))
+        attempt += 1
+
+
+async def _connection(
+    url: str, token: str, ids: list[str], connect_timeout: float
+) -> AsyncGenerator[WatchUpdate]:
+    """One connection: subscribe, yield its snapshot, then its deltas; raise _Dropped when it
+    ends in a way worth retrying."""
+    try:
+        websocket = await connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            open_timeout=connect_timeout,
+            max_size=_MAX_MESSAGE_BYTES,
+        )
+    except InvalidStatus as exc:
+        raise _refusal(url, exc) from exc
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise _Dropped(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+    try:
+        async with websocket, aclosing(_session(websocket, ids, connect_timeout)) as updates:
+            async for update in updates:
+                yield update
+    except ConnectionClosed as exc:
+        raise _closed(url, exc) from exc
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise _Dropped(f"the live stream at {url} failed: {exc or type(exc).__name__}") from exc
+
+
+async def _session(
+    websocket: ClientConnection, ids: list[str], snapshot_timeout: float
+) -> AsyncGenerator[WatchUpdate]:
+    for start in range(0, len(ids), MAX_BATCH_IDS):
+        request = WatchMessage(type="watch", session_ids=ids[start : start + MAX_BATCH_IDS])
+        await websocket.send(request.model_dump_json())
+
+    # The snapshot comes in parts (one per watch message), maybe with deltas of ids already
+    # answered in between: gather until every id is covered.
+    watched = set(ids)
+    waiting = set(ids)
+    fresh: dict[str, SessionStatus] = {}
+    while waiting:
+        try:
+            async with asyncio.timeout(snapshot_timeout):
+                message = await _receive(websocket)
+        except TimeoutError:
+            raise _Dropped("the server did not answer the watch in time") from None
+        for sid, status in message.statuses.items():
+            if sid in watched and newer(fresh.get(sid), status):
+                fresh[sid] = status
+        waiting.difference_update(message.statuses, message.not_found)
+    yield WatchUpdate(
+        statuses=dict(fresh), not_found=[sid for sid in ids if sid not in fresh], snapshot=True
+    )
+
+    known = fresh
+    while True:
+        message = await _receive(websocket)
+        changed = {
+            sid: status
+            for sid, status in message.statuses.items()
+            if sid in watched and newer(known.get(sid), status)
+        }
+        if changed:
+            known.update(changed)
+            yield WatchUpdate(statuses=changed, not_found=[], snapshot=False)
+
+
+async def _receive(websocket: ClientConnection) -> StatusesMessage:
+    raw = await websocket.recv()
+    try:
+        data: Any = json.loads(raw)
+        if isinstance(data, dict) and data.get("type") == "error":
+            error = ErrorMessage.model_validate(data)
+            raise WatchRejected(error.error, error.detail)
+        return StatusesMessage.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        # Not what this client understands (another version of the server?): polling is safer.
+        raise WatchRejected("bad_message", f"unexpected message from the server: {exc}") from exc
+
+
+def _refusal(url: str, exc: InvalidStatus) -> Exception:
+    status = exc.response.status_code
+    body = _json_body(exc.response.body)
+    if status == 401 or (status == 403 and body.get("error") == "unauthorized"):
+        detail = body.get("detail") or f"HTTP {status}"
+        return WatchAuthError(f"the server at {url} refused the API token ({detail})")
+    if status in (408, 425, 429) or status >= 500:
+        return _Dropped(f"the live stream at {url} answered HTTP {status}")
+    # A bare 403/404 is what a server without the live stream (or a proxy) answers.
+    return WatchRejected("unavailable", f"no live stream at {url} (HTTP {status})")
+
+
+def _closed(url: str, exc: ConnectionClosed) -> Exception:
+    code = exc.rcvd.code if exc.rcvd is not None else None
+    if code == WS_CLOSE_UNAUTHORIZED:
+        return WatchAuthError(f"the server at {url} refused the API token")
+    if code == WS_CLOSE_POLICY:
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        return WatchRejected(reason or "policy", "the server closed the stream (1008)")
+    return _Dropped(f"the live stream at {url} closed ({code or 'no close frame'})")
+
+
+def _json_body(body: bytes | bytearray | None) -> dict[str, Any]:
+    try:
+        data = json.loads(body or b"")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
