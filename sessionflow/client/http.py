@@ -1,0 +1,171 @@
+"""The HTTP side of the sessionflow API, as an async client usable as a library.
+
+It speaks only the wire contract of sessionflow.protocol and never imports the server."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from pydantic import ValidationError
+
+from sessionflow.protocol import (
+    MAX_BATCH_IDS,
+    BatchStatusResponse,
+    RegisterResponse,
+    SessionDetail,
+    SessionRegistration,
+    SessionStatus,
+    UploadResponse,
+)
+
+
+class ClientError(Exception):
+    """Base of everything the client raises."""
+
+
+class ServerUnreachable(ClientError):
+    """No HTTP answer at all: connection refused, DNS, timeout."""
+
+
+class AuthError(ClientError):
+    """The server refused the token (401/403)."""
+
+
+class ApiError(ClientError):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: the server or something in front of it had a bad moment."""
+        return self.status in (408, 425, 429) or self.status >= 500
+
+
+def chunked(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SessionflowClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"cannot reach the sessionflow server at {self.base_url}: {exc or type(exc).__name__}"
+            ) from exc
+        if response.status_code in (401, 403):
+            raise AuthError(
+                f"the server at {self.base_url} refused the API token ({_detail(response)})"
+            )
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _error_code(response), _detail(response))
+        return response
+
+    async def healthz(self) -> bool:
+        try:
+            response = await self._http.get("/healthz")
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    async def register(self, sessions: Sequence[SessionRegistration]) -> list[str]:
+        """Register up to 500 sessions; returns the ids whose transcript the server needs."""
+        body = {"sessions": [s.model_dump(exclude_none=True) for s in sessions]}
+        response = await self._request("POST", "/api/sessions", json=body)
+        return RegisterResponse.model_validate_json(response.content).upload
+
+    async def upload(
+        self, session_id: str, transcript: bytes, sha256: str, *, force: bool = False
+    ) -> UploadResponse:
+        """Upload one transcript, gzip-compressed; sha256 is that of the uncompressed bytes."""
+        response = await self._request(
+            "PUT",
+            f"/api/sessions/{session_id}/transcript",
+            content=gzip.compress(transcript, compresslevel=5),
+            params={"force": "true"} if force else None,
+            headers={
+                "Content-Encoding": "gzip",
+                "Content-Type": "application/x-ndjson",
+                "X-Content-SHA256": sha256,
+            },
+        )
+        return UploadResponse.model_validate_json(response.content)
+
+    async def batch_status(self, session_ids: Sequence[str]) -> BatchStatusResponse:
+        """States of any number of sessions, asked MAX_BATCH_IDS at a time."""
+        statuses: dict[str, SessionStatus] = {}
+        not_found: list[str] = []
+        unique = list(dict.fromkeys(session_ids))
+        for chunk in chunked(unique, MAX_BATCH_IDS):
+            response = await self._request(
+                "POST", "/api/sessions/batch-status", json={"session_ids": list(chunk)}
+            )
+            part = BatchStatusResponse.model_validate_json(response.content)
+            statuses.update(part.statuses)
+            not_found.extend(part.not_found)
+        return BatchStatusResponse(statuses=statuses, not_found=not_found)
+
+    async def get_session(self, session_id: str) -> SessionDetail:
+        response = await self._request("GET", f"/api/sessions/{session_id}")
+        return SessionDetail.model_validate_json(response.content)
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except (ValueError, ValidationError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error_code(response: httpx.Response) -> str:
+    return str(_json_body(response).get("error") or f"http_{response.status_code}")
+
+
+def _detail(response: httpx.Response) -> str:
+    detail = _json_body(response).get("detail")
+    if detail:
+        return str(detail)
+    text = response.text.strip().splitlines()
+    return text[0][:200] if text else response.reason_phrase

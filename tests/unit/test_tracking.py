@@ -1,0 +1,260 @@
+"""wait_for_pipeline_completion driven by a fake clock, a scripted status source and scripted
+WebSocket streams: the merge rules, the fallback to polling and back, and the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+
+from sessionflow.client.http import AuthError
+from sessionflow.client.tracking import Progress, TrackerDeps, wait_for_pipeline_completion
+from sessionflow.client.watch import WatchAuthError, WatchUnavailable, WatchUpdate
+from sessionflow.protocol import BatchStatusResponse, SessionStatus
+
+
+def st(lifecycle: str, version: int, parse_status: str = "ok") -> SessionStatus:
+    return SessionStatus.model_validate(
+        {"lifecycle": lifecycle, "parse_status": parse_status, "version": version}
+    )
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class ScriptedServer:
+    """batch_status answers from a timeline: {time: {id: status}} applied as the clock passes."""
+
+    def __init__(self, clock: FakeClock, timeline: dict[float, dict[str, SessionStatus]]) -> None:
+        self.clock = clock
+        self.timeline = sorted(timeline.items())
+        self.calls: list[list[str]] = []
+
+    def state_at(self, t: float) -> dict[str, SessionStatus]:
+        state: dict[str, SessionStatus] = {}
+        for when, changes in self.timeline:
+            if when <= t:
+                state.update(changes)
+        return state
+
+    async def batch_status(self, session_ids: Sequence[str]) -> BatchStatusResponse:
+        self.calls.append(list(session_ids))
+        state = self.state_at(self.clock.now)
+        return BatchStatusResponse(
+            statuses={i: state[i] for i in session_ids if i in state},
+            not_found=[i for i in session_ids if i not in state],
+        )
+
+
+def deps_for(server: ScriptedServer, clock: FakeClock, **kwargs: object) -> TrackerDeps:
+    deps = TrackerDeps(client=server, clock=clock, sleep=clock.sleep, timeout=600, poll_interval=3)
+    for key, value in kwargs.items():
+        setattr(deps, key, value)
+    return deps
+
+
+async def test_polling_waits_until_every_session_is_terminal() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(
+        clock,
+        {
+            0: {"a": st("queued", 1), "b": st("queued", 2)},
+            4: {"a": st("parsing", 3)},
+            7: {"a": st("summarized", 5), "b": st("failed", 6, "failed")},
+        },
+    )
+    seen: list[Progress] = []
+    deps = deps_for(server, clock, transport="poll", on_progress=seen.append)
+    result = await wait_for_pipeline_completion(["a", "b"], deps)
+    assert result.complete and not result.timed_out and not result.interrupted
+    assert result.counts == {"summarized": 1, "failed": 1}
+    assert result.transport == "poll"
+    assert clock.sleeps == [3, 3, 3]  # polled at t=0, 3, 6, 9
+    assert seen[2].pending_counts == [("parsing", 1), ("queued", 1)]  # t=6
+
+
+async def test_polling_asks_only_for_pending_ids_in_batches() -> None:
+    clock = FakeClock()
+    ids = [f"s{i}" for i in range(3)]
+    server = ScriptedServer(
+        clock, {0: {"s0": st("parsed", 1), "s1": st("queued", 2), "s2": st("queued", 3)},
+                3: {"s1": st("parsed", 4), "s2": st("parsed", 5)}},
+    )
+    await wait_for_pipeline_completion(ids, deps_for(server, clock, transport="poll"))
+    assert server.calls == [ids, ["s1", "s2"]]
+
+
+async def test_timeout_reports_what_is_pending() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(clock, {0: {"a": st("parsing", 1), "b": st("parsed", 2)}})
+    result = await wait_for_pipeline_completion(
+        ["a", "b"], deps_for(server, clock, transport="poll", timeout=10)
+    )
+    assert result.timed_out and not result.complete
+    assert result.pending == ["a"]
+    assert clock.now == pytest.approx(10)
+
+
+def stream_of(*items: WatchUpdate | Exception) -> Callable[[Sequence[str]], AsyncIterator[WatchUpdate]]:
+    async def gen(_ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        for item in items:
+            await asyncio.sleep(0)
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    return gen
+
+
+async def test_websocket_snapshot_then_deltas_complete_without_polling() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(clock, {})
+    watch = stream_of(
+        WatchUpdate({"a": st("queued", 1), "b": st("parsing", 2)}, [], snapshot=True),
+        WatchUpdate({"a": st("summarized", 9)}, [], snapshot=False),
+        WatchUpdate({"b": st("parsed", 10)}, [], snapshot=False),
+    )
+    result = await wait_for_pipeline_completion(["a", "b"], deps_for(server, clock, watch=watch))
+    assert result.complete
+    assert result.transport == "websocket"
+    assert server.calls == []
+
+
+async def test_stale_delta_never_overwrites_a_newer_state() -> None:
+    clock = FakeClock()
+    watch = stream_of(
+        WatchUpdate({"a": st("summarizing", 5)}, [], snapshot=True),
+        WatchUpdate({"a": st("queued", 1)}, [], snapshot=False),  # late, older
+        WatchUpdate({"a": st("summarized", 6)}, [], snapshot=False),
+    )
+    seen: list[Progress] = []
+    result = await wait_for_pipeline_completion(
+        ["a"], deps_for(ScriptedServer(clock, {}), clock, watch=watch, on_progress=seen.append)
+    )
+    assert [p.counts for p in seen] == [{"summarizing": 1}, {"summarizing": 1}, {"summarized": 1}]
+    assert result.complete
+
+
+async def test_fresh_snapshot_is_trusted_over_earlier_deltas() -> None:
+    """After a reconnect the snapshot replaces what deltas said (the database may have been
+    restored, versions and all)."""
+    clock = FakeClock()
+    connections = iter(
+        [
+            stream_of(
+                WatchUpdate({"a": st("parsing", 50)}, [], snapshot=True),
+                WatchUnavailable("dropped"),
+            ),
+            stream_of(
+                WatchUpdate({"a": st("queued", 3)}, [], snapshot=True),
+                WatchUpdate({"a": st("parsed", 4)}, [], snapshot=False),
+            ),
+        ]
+    )
+    seen: list[Progress] = []
+
+    def watch(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        return next(connections)(ids)
+
+    server = ScriptedServer(clock, {0: {"a": st("parsing", 50)}})
+    deps = deps_for(server, clock, watch=watch, on_progress=seen.append, ws_retry_initial=2)
+    result = await wait_for_pipeline_completion(["a"], deps)
+    assert result.complete
+    assert result.states["a"].lifecycle == "parsed"
+    assert {"queued": 1} in [p.counts for p in seen]
+
+
+async def test_falls_back_to_polling_and_returns_to_the_websocket() -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+    reasons: list[str] = []
+
+    def watch(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        attempts.append(clock.now)
+        if len(attempts) < 3:
+            return stream_of(WatchUnavailable("refused"))(ids)
+        return stream_of(
+            WatchUpdate({i: st("queued", 1) for i in ids}, [], snapshot=True),
+            WatchUpdate({i: st("summarized", 9) for i in ids}, [], snapshot=False),
+        )(ids)
+
+    server = ScriptedServer(clock, {0: {"a": st("queued", 1)}})
+    deps = deps_for(
+        server, clock, watch=watch, on_fallback=reasons.append, ws_retry_initial=2, ws_retry_max=30
+    )
+    result = await wait_for_pipeline_completion(["a"], deps)
+    assert result.complete
+    assert result.transport == "mixed"
+    assert result.fell_back
+    assert reasons == ["refused"]  # said once, though the retry failed too
+    assert attempts == [0, 3, 9]  # backoff 2 then 4, checked at each 3 s poll tick
+    assert len(server.calls) == 3
+
+
+async def test_websocket_only_mode_retries_instead_of_polling() -> None:
+    clock = FakeClock()
+    calls = 0
+
+    def watch(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return stream_of(WatchUnavailable("nope"))(ids)
+        return stream_of(WatchUpdate({"a": st("parsed", 2)}, [], snapshot=True))(ids)
+
+    server = ScriptedServer(clock, {0: {"a": st("queued", 1)}})
+    result = await wait_for_pipeline_completion(
+        ["a"], deps_for(server, clock, watch=watch, transport="websocket")
+    )
+    assert result.complete and result.transport == "websocket"
+    assert server.calls == []
+
+
+async def test_token_refused_on_the_websocket_raises_at_once() -> None:
+    clock = FakeClock()
+    deps = deps_for(ScriptedServer(clock, {}), clock, watch=stream_of(WatchAuthError("refused")))
+    with pytest.raises(AuthError):
+        await wait_for_pipeline_completion(["a"], deps)
+
+
+async def test_not_found_sessions_end_the_wait_and_are_reported() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(clock, {0: {"a": st("parsed", 1)}})
+    result = await wait_for_pipeline_completion(["a", "ghost"], deps_for(server, clock, transport="poll"))
+    assert result.complete
+    assert result.not_found == ["ghost"]
+
+
+async def test_stop_event_interrupts_promptly() -> None:
+    clock = FakeClock()
+    stop = asyncio.Event()
+
+    async def hang(_ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        yield WatchUpdate({"a": st("parsing", 1)}, [], snapshot=True)
+        await asyncio.Event().wait()  # a live stream with nothing to say
+
+    deps = deps_for(ScriptedServer(clock, {}), clock, watch=hang, stop=stop)
+    task = asyncio.create_task(wait_for_pipeline_completion(["a"], deps))
+    await asyncio.sleep(0.01)
+    stop.set()
+    result = await asyncio.wait_for(task, timeout=1)
+    assert result.interrupted and not result.complete and not result.timed_out
+    assert result.counts == {"parsing": 1}
+
+
+async def test_no_sessions_is_complete_at_once() -> None:
+    clock = FakeClock()
+    result = await wait_for_pipeline_completion([], deps_for(ScriptedServer(clock, {}), clock))
+    assert result.complete and result.states == {}
