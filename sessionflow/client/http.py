@@ -5,7 +5,7 @@ It speaks only the wire contract of sessionflow.protocol and never imports the s
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -116,13 +116,20 @@ class SessionflowClient:
         return RegisterResponse.model_validate_json(response.content).upload
 
     async def upload(
-        self, session_id: str, transcript: bytes, sha256: str, *, force: bool = False
+        self,
+        session_id: str,
+        body: bytes | AsyncIterable[bytes],
+        sha256: str,
+        *,
+        force: bool = False,
     ) -> UploadResponse:
-        """Upload one transcript, gzip-compressed; sha256 is that of the uncompressed bytes."""
+        """Upload one transcript. body: the transcript's bytes (gzipped here), or an async
+        stream of its gzip-compressed bytes. sha256 is that of the uncompressed transcript."""
+        content = gzip.compress(body, compresslevel=5) if isinstance(body, bytes) else body
         response = await self._request(
             "PUT",
             f"/api/sessions/{session_id}/transcript",
-            content=gzip.compress(transcript, compresslevel=5),
+            content=content,
             params={"force": "true"} if force else None,
             headers={
                 "Content-Encoding": "gzip",

@@ -1,0 +1,386 @@
+"""`sessionflow backfill`: upload transcripts with one bar, then track the server's pipeline to
+the end with a second one, and say truthfully how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from sessionflow.client.discovery import DiscoveryError, LocalTranscript, discover
+from sessionflow.client.http import AuthError, ClientError, ServerUnreachable, SessionflowClient
+from sessionflow.client.tracking import PipelineWaitResult, TrackerDeps, Transport
+from sessionflow.client.tracking import wait_for_pipeline_completion as track
+from sessionflow.client.upload import UploadOptions, UploadResult, backfill
+from sessionflow.client.watch import watch
+from sessionflow.cli import options
+from sessionflow.cli.localstack import LocalStackError, endpoint
+from sessionflow.cli.ui import UI, make_ui
+from sessionflow.protocol import Lifecycle
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+FAILED_SHOWN = 5
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class BackfillOptions:
+    paths: list[Path]
+    server: str | None
+    token: str | None
+    data_dir: Path
+    concurrency: int = 8
+    force: bool = False
+    timeout: float = 600.0
+    wait: bool = True
+    transport: Transport = "auto"
+    poll_interval: float = 3.0
+    exit_status: bool = False
+    json_output: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+class Interrupt:
+    """First Ctrl-C: stop now and say so at once. Second: leave at once."""
+
+    def __init__(self, ui: UI, local: bool) -> None:
+        self.ui = ui
+        self.local = local
+        self.phase = "upload"
+        self.event = asyncio.Event()
+
+    def __call__(self) -> None:
+        if self.event.is_set():
+            os._exit(EXIT_INTERRUPTED)
+        self.event.set()
+        self.ui.close()
+        if self.phase == "upload":
+            message = "Stopped uploading; run the same command again to upload the rest."
+        elif self.local:
+            message = "Stopped watching; the local server stops now and resumes on the next run."
+        else:
+            message = "Stopped watching; the server keeps processing."
+        print(f"\n{message}", file=sys.stderr, flush=True)
+
+
+async def _failed_errors(client: SessionflowClient, ids: Sequence[str]) -> list[dict[str, str]]:
+    """Each failed session's error, which batch-status does not carry."""
+    semaphore = asyncio.Semaphore(8)
+
+    async def one(session_id: str) -> dict[str, str]:
+        async with semaphore:
+            try:
+                detail = await client.get_session(session_id)
+                return {"id": session_id, "error": detail.error or "no reason recorded"}
+            except ClientError as exc:
+                return {"id": session_id, "error": f"(could not fetch the error: {exc})"}
+
+    return list(await asyncio.gather(*(one(sid) for sid in ids)))
+
+
+def _summary_lines(result: PipelineWaitResult) -> list[str]:
+    counts = result.counts
+    rows = [
+        (label, counts.get(state, 0))
+        for label, state in (
+            ("Summarized", Lifecycle.SUMMARIZED), ("Parsed", Lifecycle.PARSED),
+            ("Archived", Lifecycle.ARCHIVED), ("Failed", Lifecycle.FAILED),
+        )
+        if counts.get(state, 0) or state in (Lifecycle.SUMMARIZED, Lifecycle.PARSED, Lifecycle.FAILED)
+    ]
+    if result.not_found:
+        rows.append(("Not found", len(result.not_found)))
+    width = max(len(label) for label, _ in rows) + 1
+    digits = max(len(str(n)) for _, n in rows)
+    return [f"  {(label + ':').ljust(width)} {n:>{digits}}" for label, n in rows]
+
+
+def _pending_description(result: PipelineWaitResult) -> str:
+    by_state: dict[str, list[str]] = {}
+    for sid in result.pending:
+        by_state.setdefault(result.states[sid].lifecycle.value, []).append(sid)
+    parts = []
+    for state, ids in sorted(by_state.items(), key=lambda kv: -len(kv[1])):
+        sample = ", ".join(ids[:3]) + (", …" if len(ids) > 3 else "")
+        parts.append(f"{len(ids)} {state} ({sample})")
+    return "; ".join(parts)
+
+
+def _new_report() -> dict[str, Any]:
+    return {
+        "uploaded": 0, "skipped": 0, "upload_failed": [], "not_transcripts": [],
+        "complete": False, "timed_out": False, "interrupted": False, "transport": "none",
+        "counts": {}, "failed": [], "not_found": [], "pending": [],
+    }
+
+
+async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict[str, Any]]:
+    """The whole command; returns (exit code, the report --json prints)."""
+    report = _new_report()
+    try:
+        found = await asyncio.to_thread(discover, options.paths, max_bytes=options.max_bytes)
+    except DiscoveryError as exc:
+        ui.warn(f"{exc}. Pass the folders that hold your transcripts (default ~/.claude/projects).")
+        report["error"] = str(exc)
+        return EXIT_ERROR, report
+    report["not_transcripts"] = [{"path": str(p), "reason": why} for p, why in found.skipped]
+    for path, why in found.skipped:
+        ui.warn(f"skipped {path}: {why}")
+    if not found.transcripts:
+        where = ", ".join(str(p) for p in options.paths)
+        ui.say(f"No transcripts to backfill under {where}.")
+        report["complete"] = True
+        return EXIT_OK, report
+
+    loop = asyncio.get_running_loop()
+    try:
+        with endpoint(options.server, options.token, options.data_dir, ui.say) as (
+            url,
+            token,
+            local,
+        ):
+            interrupt = Interrupt(ui, local)
+            loop.add_signal_handler(signal.SIGINT, interrupt)
+            try:
+                async with SessionflowClient(url, token) as client:
+                    return await _phases(
+                        options, client, url, token, found.transcripts, ui, out, interrupt, report
+                    )
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+    except AuthError as exc:
+        ui.close()
+        ui.warn(
+            f"{exc}. Check --token / SESSIONFLOW_TOKEN "
+            "(`sessionflow token create --owner NAME` makes one)."
+        )
+        report["error"] = str(exc)
+    except ServerUnreachable as exc:
+        ui.close()
+        ui.warn(f"{exc}. Is the server running? Check --server / SESSIONFLOW_URL.")
+        report["error"] = str(exc)
+    except (LocalStackError, ClientError) as exc:
+        ui.close()
+        ui.warn(str(exc))
+        report["error"] = str(exc)
+    return EXIT_ERROR, report
+
+
+async def _first(task: asyncio.Future[Any], event: asyncio.Event) -> bool:
+    """Wait for task or event; True if the event came first (the task is then cancelled)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return False
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ClientError):
+        await task
+    return True
+
+
+async def _phases(
+    options: BackfillOptions,
+    client: SessionflowClient,
+    url: str,
+    token: str,
+    transcripts: Sequence[LocalTranscript],
+    ui: UI,
+    out: Console,
+    interrupt: Interrupt,
+    report: dict[str, Any],
+) -> tuple[int, dict[str, Any]]:
+    # Phase 1: backfilling.
+    ui.start_upload(len(transcripts))
+    upload_options = UploadOptions(concurrency=options.concurrency, force=options.force)
+    uploading = asyncio.ensure_future(
+        backfill(client, transcripts, upload_options, on_progress=ui.advance_upload)
+    )
+    if await _first(uploading, interrupt.event):
+        report["interrupted"] = True
+        return EXIT_INTERRUPTED, report
+    uploaded: UploadResult = uploading.result()
+    ui.finish_upload()
+    report["uploaded"] = len(uploaded.uploaded)
+    report["skipped"] = len(uploaded.skipped)
+    report["upload_failed"] = [{"id": sid, "error": why} for sid, why in uploaded.failed]
+    for sid, why in uploaded.failed[:FAILED_SHOWN]:
+        ui.warn(f"upload of {sid} failed: {why}")
+    if len(uploaded.failed) > FAILED_SHOWN:
+        ui.warn(f"and {len(uploaded.failed) - FAILED_SHOWN} more uploads failed")
+    if not options.wait:
+        ui.close()
+        ui.say(
+            f"Uploaded {len(uploaded.uploaded)}, {len(uploaded.skipped)} already on the server; "
+            "not waiting for processing (--no-wait). `sessionflow status ID` tells where one is."
+        )
+        return (EXIT_ERROR if options.exit_status and uploaded.failed else EXIT_OK), report
+
+    # Phase 2: processing, tracked to the end.
+    interrupt.phase = "processing"
+    ui.start_processing(len(uploaded.tracked))
+
+    def fell_back(why: str) -> None:
+        ui.warn(f"live updates unavailable ({why}); polling every {options.poll_interval:g} s")
+
+    deps = TrackerDeps(
+        client=client,
+        watch=lambda ids: watch(url, token, ids, reconnect=False),
+        on_progress=ui.update_processing,
+        on_fallback=fell_back,
+        timeout=options.timeout,
+        poll_interval=options.poll_interval,
+        transport=options.transport,
+        stop=interrupt.event,
+    )
+    result = await track(uploaded.tracked, deps)
+    ui.finish_processing()
+    ui.close()
+
+    failed_ids = result.failed()
+    report.update(
+        complete=result.complete,
+        timed_out=result.timed_out,
+        interrupted=result.interrupted,
+        transport=result.transport,
+        counts=result.counts,
+        not_found=result.not_found,
+        pending=result.pending,
+        failed=[{"id": sid, "error": None} for sid in failed_ids],
+    )
+    if result.interrupted:
+        return EXIT_INTERRUPTED, report  # promptly: no more requests
+    report["failed"] = await _failed_errors(client, failed_ids)
+    if not options.json_output:
+        _print_outcome(out, result, report["failed"])
+    elif result.timed_out:
+        ui.warn(f"timed out after {options.timeout:g} s; still pending: {_pending_description(result)}")
+    if result.timed_out:
+        return EXIT_TIMEOUT, report
+    if options.exit_status and (failed_ids or uploaded.failed):
+        return EXIT_ERROR, report
+    return EXIT_OK, report
+
+
+def _print_outcome(out: Console, result: PipelineWaitResult, failed: list[dict[str, str]]) -> None:
+    if result.timed_out:
+        out.print(
+            f"Warning: timed out; {len(result.pending)} sessions still processing: "
+            f"{_pending_description(result)}",
+            highlight=False,
+        )
+        out.print("Finished so far:", highlight=False)
+    else:
+        out.print("Processing complete!", highlight=False)
+    for line in _summary_lines(result):
+        out.print(line, highlight=False)
+    if failed:
+        out.print("", highlight=False)
+        out.print("Failed sessions:", highlight=False)
+        for item in failed[:FAILED_SHOWN]:
+            out.print(f"  {item['id']}: {item['error']}", highlight=False)
+        if len(failed) > FAILED_SHOWN:
+            out.print(f"  and {len(failed) - FAILED_SHOWN} more", highlight=False)
+        out.print(f"See one with: sessionflow show {failed[0]['id']}", highlight=False)
+
+
+Paths = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Files or folders to search for *.jsonl transcripts (default: ~/.claude/projects).",
+        show_default=False,
+    ),
+]
+
+
+def command(
+    paths: Paths = None,
+    server: options.Server = None,
+    token: options.Token = None,
+    data_dir: options.DataDir = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, envvar="SESSIONFLOW_CONCURRENCY", help="Uploads at once.")
+    ] = 8,
+    force: Annotated[bool, typer.Option(help="Upload even what the server already has.")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0, envvar="SESSIONFLOW_TIMEOUT", help="Seconds to wait for processing."),
+    ] = 600.0,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Track processing after the upload.")
+    ] = True,
+    transport: Annotated[
+        str,
+        typer.Option(
+            envvar="SESSIONFLOW_TRANSPORT",
+            help="How to follow processing: auto (WebSocket, polling when blocked), websocket, poll.",
+        ),
+    ] = "auto",
+    poll_interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between batch-status polls.")
+    ] = 3.0,
+    exit_status: Annotated[
+        bool, typer.Option("--exit-status", help="Exit 1 if any session failed.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object at the end, nothing else.")
+    ] = False,
+) -> None:
+    """Upload transcripts, then watch the server process them to the end.
+
+    Exits 0 when every session reached a final state, 1 on an unreachable server or a refused
+    token (or a failed session, with --exit-status), 124 on --timeout, 130 on Ctrl-C."""
+    if transport not in ("auto", "websocket", "poll"):
+        raise typer.BadParameter("use auto, websocket or poll", param_hint="--transport")
+    chosen: Transport = "auto" if transport == "auto" else "websocket" if transport == "websocket" else "poll"
+    opts = BackfillOptions(
+        paths=paths or [Path.home() / ".claude" / "projects"],
+        server=server,
+        token=token,
+        data_dir=options.data_dir_or_default(data_dir),
+        concurrency=concurrency,
+        force=force,
+        timeout=timeout,
+        wait=wait,
+        transport=chosen,
+        poll_interval=poll_interval,
+        exit_status=exit_status,
+        json_output=json_output,
+    )
+    raise typer.Exit(execute(opts))
+
+
+def execute(opts: BackfillOptions) -> int:
+    """Run a backfill and print its outcome; returns the exit code."""
+    ui, out = make_ui(opts.json_output)
+    try:
+        code, report = asyncio.run(run(opts, ui, out))
+    except KeyboardInterrupt:  # before the handler was installed (starting the local server)
+        ui.close()
+        print("\nStopped.", file=sys.stderr)
+        code, report = EXIT_INTERRUPTED, {**_new_report(), "interrupted": True}
+    finally:
+        ui.close()
+    if opts.json_output:
+        print_json(report)
+    return code
+
+
+def print_json(report: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()

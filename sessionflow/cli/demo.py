@@ -1,0 +1,51 @@
+"""`sessionflow demo`: realistic sample transcripts, backfilled into the local server, so a
+newcomer sees both bars and a truthful summary with nothing set up."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sessionflow.cli import options
+from sessionflow.cli.backfill import BackfillOptions, execute
+from sessionflow.samples import write_sample_transcripts
+
+
+def command(
+    sessions: Annotated[
+        int, typer.Option("--sessions", min=1, max=100_000, help="How many sample transcripts.")
+    ] = 100,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the samples (the same seed makes the same sessions again)."),
+    ] = None,
+    data_dir: options.DataDir = None,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for processing.")] = 600.0,
+    transport: Annotated[str, typer.Option(help="auto, websocket or poll.")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
+) -> None:
+    """Write N sample transcripts to a temporary folder and backfill them into the local server
+    (embedded PostgreSQL in the data dir), showing both progress bars and the summary."""
+    if transport not in ("auto", "websocket", "poll"):
+        raise typer.BadParameter("use auto, websocket or poll", param_hint="--transport")
+    chosen_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+    with tempfile.TemporaryDirectory(prefix="sessionflow-demo-") as tmp:
+        folder = Path(tmp)
+        write_sample_transcripts(folder, sessions, seed=chosen_seed)
+        if not json_output:
+            typer.echo(f"Wrote {sessions} sample transcripts to {folder} (seed {chosen_seed})")
+        opts = BackfillOptions(
+            paths=[folder],
+            server=None,
+            token=None,
+            data_dir=options.data_dir_or_default(data_dir),
+            timeout=timeout,
+            transport="auto" if transport == "auto" else "websocket" if transport == "websocket" else "poll",
+            json_output=json_output,
+        )
+        code = execute(opts)
+    raise typer.Exit(code)

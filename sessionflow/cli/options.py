@@ -1,0 +1,43 @@
+"""Options the client commands share, each with its environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sessionflow.settings import default_data_dir
+
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="SESSIONFLOW_URL",
+        help="The sessionflow server's URL. Without it, a local server runs for the command.",
+        show_default=False,
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="SESSIONFLOW_TOKEN",
+        help="API token for --server (prefer the environment variable: argv is visible to "
+        "other users of the machine).",
+        show_default=False,
+    ),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="SESSIONFLOW_DATA_DIR",
+        help="Data dir of the local server (default: ~/.local/share/sessionflow).",
+        show_default=False,
+    ),
+]
+
+
+def data_dir_or_default(value: Path | None) -> Path:
+    return (value or default_data_dir()).expanduser()

@@ -1,0 +1,173 @@
+"""What the backfill shows: two live bars on a terminal, plain lines elsewhere, and nothing
+on stdout but the final JSON object with --json."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import Progress as RichProgress
+from rich.progress import ProgressColumn, Task, TextColumn
+from rich.text import Text
+
+from sessionflow.client.tracking import Progress
+
+LABEL_WIDTH = 13  # "Backfilling: " and "Processing:  " line up
+
+
+def describe_pending(progress: Progress) -> str:
+    return ", ".join(f"{n} {name}" for name, n in progress.pending_counts)
+
+
+class UI(Protocol):
+    def say(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def start_upload(self, total: int) -> None: ...
+    def advance_upload(self, n: int) -> None: ...
+    def finish_upload(self) -> None: ...
+    def start_processing(self, total: int) -> None: ...
+    def update_processing(self, progress: Progress) -> None: ...
+    def finish_processing(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _BlockBar(ProgressColumn):
+    """[████████░░░░]: the bar the issue's examples show, in plain characters."""
+
+    def __init__(self, width: int = 30) -> None:
+        super().__init__()
+        self.width = width
+
+    def render(self, task: Task) -> Text:
+        total = task.total or 0
+        filled = self.width if total == 0 else int(self.width * min(task.completed, total) / total)
+        return Text(f"[{'█' * filled}{'░' * (self.width - filled)}]")
+
+
+class TerminalUI:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = RichProgress(
+            TextColumn("{task.description}"),
+            _BlockBar(),
+            TextColumn("{task.completed:>{task.fields[digits]}}/{task.total}"),
+            TextColumn(" {task.fields[note]}"),
+            console=console,
+            transient=False,
+            refresh_per_second=8,
+        )
+        self.upload_task: int | None = None
+        self.process_task: int | None = None
+
+    def _ensure_started(self) -> None:
+        if not self.bars.live.is_started:
+            self.bars.start()
+
+    def say(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]Warning:[/] {message}", highlight=False)
+
+    def start_upload(self, total: int) -> None:
+        self._ensure_started()
+        self.upload_task = self.bars.add_task(
+            "Backfilling:".ljust(LABEL_WIDTH), total=total, note="", digits=len(str(total))
+        )
+
+    def advance_upload(self, n: int) -> None:
+        if self.upload_task is not None:
+            self.bars.advance(self.upload_task, n)
+
+    def finish_upload(self) -> None:
+        if self.upload_task is not None:
+            self.bars.update(self.upload_task, note="✓")
+            self.bars.refresh()
+
+    def start_processing(self, total: int) -> None:
+        self._ensure_started()
+        self.process_task = self.bars.add_task(
+            "Processing:".ljust(LABEL_WIDTH), total=total, note="waiting…", digits=len(str(total))
+        )
+
+    def update_processing(self, progress: Progress) -> None:
+        if self.process_task is not None:
+            note = describe_pending(progress) or "✓"
+            self.bars.update(self.process_task, completed=progress.done, note=note)
+
+    def finish_processing(self) -> None:
+        self.bars.refresh()
+
+    def close(self) -> None:
+        if self.bars.live.is_started:
+            self.bars.stop()
+
+
+class PlainUI:
+    """No animation: a line per phase change and at most one progress line every few seconds."""
+
+    def __init__(self, console: Console, every: float = 5.0) -> None:
+        self.console = console
+        self.every = every
+        self.upload_total = 0
+        self.uploaded = 0
+        self.last_line = 0.0
+        self.last_progress: Progress | None = None
+
+    def _line(self, message: str) -> None:
+        self.console.print(message, highlight=False, soft_wrap=True)
+
+    def say(self, message: str) -> None:
+        self._line(message)
+
+    def warn(self, message: str) -> None:
+        self._line(f"Warning: {message}")
+
+    def start_upload(self, total: int) -> None:
+        self.upload_total = total
+        self.last_line = time.monotonic()
+        self._line(f"Backfilling: {total} transcripts")
+
+    def advance_upload(self, n: int) -> None:
+        self.uploaded += n
+        if time.monotonic() - self.last_line >= self.every:
+            self.last_line = time.monotonic()
+            self._line(f"Backfilling: {self.uploaded}/{self.upload_total}")
+
+    def finish_upload(self) -> None:
+        self._line(f"Backfilling: {self.uploaded}/{self.upload_total} done")
+
+    def start_processing(self, total: int) -> None:
+        self.last_line = time.monotonic()
+        self._line(f"Processing: {total} sessions")
+
+    def update_processing(self, progress: Progress) -> None:
+        self.last_progress = progress
+        if time.monotonic() - self.last_line >= self.every:
+            self.last_line = time.monotonic()
+            self._line(self._progress_line(progress))
+
+    def _progress_line(self, progress: Progress) -> str:
+        pending = describe_pending(progress)
+        return f"Processing: {progress.done}/{progress.total}" + (f"  {pending}" if pending else "")
+
+    def finish_processing(self) -> None:
+        if self.last_progress is not None:
+            self._line(self._progress_line(self.last_progress))
+
+    def close(self) -> None:
+        pass
+
+
+def make_ui(json_output: bool) -> tuple[UI, Console]:
+    """The UI for this run, and the console that final human output goes to."""
+    if json_output:
+        # stdout carries the JSON object alone; anything for people goes to stderr, plainly.
+        err = Console(file=sys.stderr, force_terminal=False, soft_wrap=True)
+        return PlainUI(err), err
+    out = Console(soft_wrap=True)
+    if out.is_terminal:
+        return TerminalUI(out), out
+    return PlainUI(Console(soft_wrap=True, force_terminal=False)), out
