@@ -58,8 +58,16 @@ class Settings(BaseSettings):
     worker_lease_seconds: float = Field(default=30.0, gt=0)
     worker_max_attempts: int = Field(default=3, ge=1)
     worker_retry_base_seconds: float = Field(default=1.0, ge=0)
+    worker_retry_max_seconds: float = Field(default=60.0, ge=0)
+    worker_listen: bool = True  # False: rely on the safety poll alone
+    worker_ping_seconds: float = Field(default=5.0, gt=0)  # liveness ping of the LISTEN link
+    worker_reconnect_max_seconds: float = Field(default=10.0, gt=0)
+    worker_job_timeout_seconds: float = Field(default=900.0, gt=0)
+    worker_shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    serve_worker: bool = True  # `sessionflow serve` runs an in-process worker
     summarizer: str = "heuristic"
     summarize_min_user_prompts: int = Field(default=2, ge=0)
+    parse_max_line_bytes: int = Field(default=64 * MiB, ge=1024)  # longer lines are skipped
 
     @field_validator("data_dir")
     @classmethod

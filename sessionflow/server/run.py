@@ -84,7 +84,14 @@ def serve(
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    app = create_app(settings, dsn, migrate_on_start=False)
+    if settings.serve_worker:
+        from sessionflow.worker.runner import WorkerConfigError, check_settings
+
+        try:
+            check_settings(settings)
+        except WorkerConfigError as exc:
+            raise ServeError(f"{exc}; or run without the worker (--no-worker)") from None
+    app = create_app(settings, dsn, migrate_on_start=False, run_worker=settings.serve_worker)
     config = uvicorn.Config(
         app,
         log_level="info",

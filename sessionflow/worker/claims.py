@@ -1,0 +1,115 @@
+"""Claiming sessions and holding them: the lease that makes a crashed worker's job come back.
+
+A job is a session row. Claiming stamps it with a fresh lease token, an owner and an expiry;
+every later write a worker makes is fenced by that token, so a worker that lost its job (the
+lease expired and someone else claimed it, or the transcript was re-ingested) writes nothing
+and abandons the job quietly."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, LiteralString
+
+from psycopg_pool import AsyncConnectionPool
+
+from sessionflow.queries import Q
+
+
+@dataclass(frozen=True)
+class Job:
+    owner: str
+    id: str
+    lifecycle: str  # where the session stood when claimed: a resumed job starts from there
+    lease: uuid.UUID
+    attempt: int
+    transcript_key: str
+    transcript_sha256: str
+    transcript_size: int
+
+    @property
+    def fence(self) -> dict[str, Any]:
+        return {"owner": self.owner, "id": self.id, "lease": self.lease}
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.id} (attempt {self.attempt})"
+
+
+class Claims:
+    """The statements a worker sends about its jobs, through the shared pool."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, worker_id: str, lease_seconds: float) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+
+    async def claim(self, limit: int) -> list[Job]:
+        params = {"limit": limit, "worker": self.worker_id, "lease_seconds": self.lease_seconds}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(Q.claim_sessions, params)
+            rows = await cur.fetchall()
+        return [Job(*row) for row in rows]
+
+    async def extend(self, jobs: list[Job]) -> set[uuid.UUID]:
+        """Renew the leases of jobs; returns the leases still held."""
+        if not jobs:
+            return set()
+        params = {
+            "owners": [job.owner for job in jobs],
+            "ids": [job.id for job in jobs],
+            "leases": [job.lease for job in jobs],
+            "lease_seconds": self.lease_seconds,
+        }
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(Q.extend_leases, params)
+            return {row[0] for row in await cur.fetchall()}
+
+    async def _fenced(self, query: LiteralString, job: Job, **params: Any) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, {**job.fence, **params})
+            return await cur.fetchone() is not None
+
+    async def advance(self, job: Job, lifecycle: str) -> bool:
+        """Move a held session to a non-terminal lifecycle; False if the job was lost."""
+        return await self._fenced(Q.job_advance, job, lifecycle=lifecycle)
+
+    # Results arrive as JSON text, encoded off the event loop: they can be large.
+
+    async def start_summarizing(self, job: Job, parse_status: str, parse_result: str) -> bool:
+        return await self._fenced(
+            Q.job_start_summarizing, job, parse_status=parse_status, parse_result=parse_result
+        )
+
+    async def finish_parsed(self, job: Job, parse_status: str, parse_result: str) -> bool:
+        return await self._fenced(
+            Q.job_finish_parsed, job, parse_status=parse_status, parse_result=parse_result
+        )
+
+    async def finish_summarized(self, job: Job, summary: str) -> bool:
+        return await self._fenced(Q.job_finish_summarized, job, summary=summary)
+
+    async def parse_result(self, job: Job) -> dict[str, Any] | None:
+        """The parse result a previous attempt stored (a job resumed in summarizing)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(Q.job_parse_result, job.fence)
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def release(
+        self, job: Job, *, delay_seconds: float, error: str | None, refund: bool = False
+    ) -> bool:
+        """Give the job back for a later attempt (refund: this attempt did not count)."""
+        return await self._fenced(
+            Q.job_release,
+            job,
+            delay_seconds=delay_seconds,
+            error=error,
+            refund=int(refund),
+        )
+
+    async def fail(self, job: Job, error: str) -> bool:
+        return await self._fenced(Q.job_fail, job, error=error)
+
+    async def wake_workers(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(Q.jobs_wake)

@@ -1,0 +1,76 @@
+"""The `sessionflow worker` process: find the database, then run a Worker until SIGTERM or
+Ctrl-C (a second signal gives the running jobs back at once instead of letting them finish)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import psycopg
+
+from sessionflow.db import make_pool, migrate
+from sessionflow.local import EmbeddedDatabaseError, resolve_database
+from sessionflow.settings import Settings
+from sessionflow.storage import open_store
+from sessionflow.worker.runner import Worker, WorkerConfigError, check_settings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerStartError(RuntimeError):
+    """Why the worker cannot start, worded for the person who started it."""
+
+
+def main(settings: Settings, *, concurrency: int | None = None) -> None:
+    try:
+        check_settings(settings)
+        dsn, _embedded = resolve_database(settings)  # the handle keeps an embedded server up
+        migrate(dsn)
+    except (WorkerConfigError, EmbeddedDatabaseError) as exc:
+        raise WorkerStartError(str(exc)) from None
+    except psycopg.OperationalError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WorkerStartError(
+            f"cannot reach the database: {first} (SESSIONFLOW_DATABASE_URL)"
+        ) from None
+    asyncio.run(run(settings, dsn, concurrency=concurrency or settings.worker_concurrency))
+
+
+async def run(settings: Settings, dsn: str, *, concurrency: int) -> None:
+    store = open_store(
+        settings.resolved_storage_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        data_dir=settings.data_dir,
+    )
+    pool = make_pool(
+        dsn,
+        min_size=1,
+        # A connection per running job, one to claim and one for the heartbeat.
+        max_size=max(settings.pool_max_size, concurrency + 2),
+        timeout=settings.connect_timeout_seconds,
+    )
+    await pool.open(wait=True, timeout=settings.connect_timeout_seconds)
+    try:
+        worker = Worker(settings, dsn=dsn, pool=pool, store=store, concurrency=concurrency)
+        stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                worker.hurry()
+            stop.set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await worker.start()
+            print(f"sessionflow worker {worker.worker_id} processing sessions", flush=True)
+            await stop.wait()
+            log.info("worker: stopping (finishing or giving back running jobs)")
+            await worker.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    finally:
+        await pool.close()

@@ -1,0 +1,386 @@
+"""The Worker: claims sessions and runs up to N of them at once, keeps their leases alive,
+retries what failed for a passing reason, and stops gracefully.
+
+Three background loops run under a supervisor that restarts any of them that dies: the
+claim loop (woken by the listener, and by a safety poll), the heartbeat (renews the leases
+of running jobs, and abandons those whose lease was taken away) and the listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg_pool import AsyncConnectionPool
+
+from sessionflow.settings import Settings
+from sessionflow.storage import ObjectStore
+from sessionflow.worker.backoff import backoff_seconds
+from sessionflow.worker.claims import Claims, Job
+from sessionflow.worker.listener import JobListener
+from sessionflow.worker.stages import (
+    JobLost,
+    PermanentError,
+    Pipeline,
+    TransientError,
+    first_line,
+)
+from sessionflow.worker.summarize import Summarizer, get_summarizer
+
+log = logging.getLogger(__name__)
+
+_DB_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+
+
+class WorkerConfigError(ValueError):
+    """A setting the worker cannot run with, worded for whoever set it."""
+
+
+@dataclass
+class _Running:
+    job: Job
+    task: asyncio.Task[None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
+
+
+def check_settings(settings: Settings) -> Summarizer:
+    """The summarizer the settings name; WorkerConfigError if the worker cannot run with them."""
+    try:
+        return get_summarizer(settings.summarizer)
+    except ValueError as exc:
+        raise WorkerConfigError(f"{exc} (set by SESSIONFLOW_SUMMARIZER)") from None
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dsn: str,
+        pool: AsyncConnectionPool,
+        store: ObjectStore,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.worker_id = worker_id or make_worker_id()
+        summarizer = check_settings(settings)
+        self.claims = Claims(
+            pool, worker_id=self.worker_id, lease_seconds=settings.worker_lease_seconds
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="sessionflow-worker"
+        )
+        self.scratch_dir = settings.data_dir / "work"
+        self.pipeline = Pipeline(
+            claims=self.claims,
+            store=store,
+            summarizer=summarizer,
+            min_user_prompts=settings.summarize_min_user_prompts,
+            max_line_bytes=settings.parse_max_line_bytes,
+            executor=self._executor,
+            scratch_dir=self.scratch_dir,
+        )
+        self.listener = JobListener(
+            dsn,
+            wake=self.wake,
+            ping_seconds=settings.worker_ping_seconds,
+            reconnect_max_seconds=settings.worker_reconnect_max_seconds,
+            connect_timeout=settings.connect_timeout_seconds,
+        )
+        self.outcomes: Counter[str] = Counter()  # parsed, summarized, failed, retried, lost
+        self._running: dict[uuid.UUID, _Running] = {}
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._slot_free.set()
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self.restarts: Counter[str] = Counter()
+
+    # -- lifecycle of the worker itself ---------------------------------------------------
+
+    async def start(self) -> None:
+        _sweep_scratch(self.scratch_dir)
+        self._supervisor = asyncio.create_task(self._supervise(), name="worker supervisor")
+        log.info(
+            "worker %s started: concurrency %d, %s",
+            self.worker_id,
+            self.concurrency,
+            "woken by LISTEN/NOTIFY" if self.settings.worker_listen else "safety poll only",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running jobs finish for up to grace seconds; give back (with the
+        attempt refunded) whatever is still running; then stop the loops."""
+        if self._supervisor is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._slot_free.set()
+        # The claim loop is let finish rather than cancelled: a claim cut off mid-query could
+        # leave sessions leased by no one until their lease expires.
+        claim_loop = self._loops.get("claim loop")
+        if claim_loop is not None:
+            await asyncio.wait([claim_loop], timeout=self.settings.connect_timeout_seconds)
+        for name in ("claim loop", "listener"):
+            task = self._loops.get(name)
+            if task is not None:
+                task.cancel()
+        grace = self.settings.worker_shutdown_grace_seconds if grace is None else grace
+        tasks = [running.task for running in self._running.values()]
+        if tasks:
+            log.info("worker: waiting up to %.0f s for %d running job(s)", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                with contextlib.suppress(*_DB_ERRORS):
+                    await self.claims.wake_workers()
+        self._supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._supervisor
+        self._supervisor = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.worker_id)
+
+    def hurry(self) -> None:
+        """Give up the running jobs now (a second Ctrl-C during a graceful stop)."""
+        for running in list(self._running.values()):
+            running.task.cancel()
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._running)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- supervision ----------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "claim loop": self._claim_loop,
+            "heartbeat": self._heartbeat,
+        }
+        if self.settings.worker_listen:
+            loops["listener"] = self.listener.run
+        self._loops = {name: asyncio.create_task(fn(), name=name) for name, fn in loops.items()}
+        try:
+            while self._loops:
+                done, _ = await asyncio.wait(
+                    self._loops.values(), return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    name = task.get_name()
+                    del self._loops[name]
+                    if self._stopping:
+                        continue
+                    error = None if task.cancelled() else task.exception()
+                    self.restarts[name] += 1
+                    delay = backoff_seconds(self.restarts[name], base=0.5, cap=30.0)
+                    log.error(
+                        "worker: the %s stopped unexpectedly (%r); restarting it in %.1f s",
+                        name,
+                        error,
+                        delay,
+                        exc_info=error,
+                    )
+                    self._loops[name] = asyncio.create_task(_after(delay, loops[name]), name=name)
+        finally:
+            for task in self._loops.values():
+                task.cancel()
+            await asyncio.gather(*self._loops.values(), return_exceptions=True)
+            self._loops = {}
+
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._slot_free.wait()
+            if self._stopping:
+                return
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            try:
+                jobs = await self.claims.claim(free)
+            except _DB_ERRORS as exc:
+                failures += 1
+                delay = backoff_seconds(
+                    failures, base=0.2, cap=self.settings.worker_reconnect_max_seconds
+                )
+                log.warning(
+                    "worker: could not claim jobs (%s); trying again in %.1f s",
+                    first_line(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            for job in jobs:
+                self._launch(job)
+            if len(jobs) == free:
+                continue  # there may be more: claim again as soon as a slot frees
+            with contextlib.suppress(TimeoutError):
+                # The safety poll: NOTIFY only wakes, and expired leases notify no one.
+                await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_seconds)
+
+    def _launch(self, job: Job) -> None:
+        task = asyncio.create_task(self._handle(job), name=f"job {job}")
+        self._running[job.lease] = _Running(job, task)
+        if len(self._running) >= self.concurrency:
+            self._slot_free.clear()
+
+    # -- one job --------------------------------------------------------------------------
+
+    async def _handle(self, job: Job) -> None:
+        running = self._running[job.lease]
+        settings = self.settings
+        try:
+            if job.attempt > settings.worker_max_attempts:
+                # The previous attempt never reported back: its worker died or was cut off.
+                await self._fail(
+                    job,
+                    f"gave up after {settings.worker_max_attempts} attempts: the last one "
+                    "stopped without finishing (its worker died or lost the database). "
+                    "If this repeats, the transcript may be too large for the worker's "
+                    "memory; upload the session again with force to retry",
+                )
+                return
+            async with asyncio.timeout(settings.worker_job_timeout_seconds):
+                outcome = await self.pipeline.run(job, running.cancel)
+            self.outcomes[outcome] += 1
+            log.info("worker: %s is %s", job, outcome)
+        except JobLost:
+            self.outcomes["lost"] += 1
+            log.info("worker: %s was taken away (re-ingested or lease expired); dropped", job)
+        except PermanentError as exc:
+            await self._fail(job, str(exc))
+        except TransientError as exc:
+            await self._retry(job, str(exc))
+        except TimeoutError:
+            await self._retry(
+                job,
+                f"processing took longer than {settings.worker_job_timeout_seconds:g} s "
+                "(SESSIONFLOW_WORKER_JOB_TIMEOUT_SECONDS)",
+            )
+        except asyncio.CancelledError:
+            running.cancel.set()
+            if running.lost:
+                self.outcomes["lost"] += 1
+                log.info("worker: %s lost its lease (re-ingested or expired); dropped", job)
+            else:
+                # Stopping: give the job back at once, this attempt not counted.
+                with contextlib.suppress(*_DB_ERRORS):
+                    await self.claims.release(job, delay_seconds=0, error=None, refund=True)
+                log.info("worker: %s given back for another worker", job)
+            raise
+        except Exception as exc:
+            log.exception("worker: %s failed unexpectedly", job)
+            await self._retry(
+                job, f"the worker hit an internal error ({type(exc).__name__}: {exc})"
+            )
+        finally:
+            running.cancel.set()  # stops a thread still working for a job given up
+            del self._running[job.lease]
+            self._slot_free.set()
+
+    async def _fail(self, job: Job, error: str) -> None:
+        self.outcomes["failed"] += 1
+        log.info("worker: %s failed: %s", job, error)
+        try:
+            await self.claims.fail(job, error)
+        except _DB_ERRORS as exc:
+            # The lease will expire and a later claim will settle the session.
+            log.warning("worker: could not record the failure of %s: %s", job, first_line(exc))
+
+    async def _retry(self, job: Job, reason: str) -> None:
+        limit = self.settings.worker_max_attempts
+        if job.attempt >= limit:
+            await self._fail(job, f"gave up after {limit} attempts: {reason}")
+            return
+        delay = backoff_seconds(
+            job.attempt,
+            base=self.settings.worker_retry_base_seconds,
+            cap=self.settings.worker_retry_max_seconds,
+        )
+        self.outcomes["retried"] += 1
+        log.warning("worker: %s failed (%s); retrying in %.1f s", job, reason, delay)
+        try:
+            await self.claims.release(
+                job,
+                delay_seconds=delay,
+                error=f"attempt {job.attempt} of {limit} failed, will retry: {reason}",
+            )
+        except _DB_ERRORS as exc:
+            log.warning("worker: could not give back %s: %s", job, first_line(exc))
+            return
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.worker_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            jobs = [running.job for running in self._running.values()]
+            if not jobs:
+                continue
+            try:
+                held = await self.claims.extend(jobs)
+            except _DB_ERRORS as exc:
+                log.warning("worker: could not renew leases: %s", first_line(exc))
+                continue
+            for job in jobs:
+                running = self._running.get(job.lease)
+                if job.lease not in held and running is not None:
+                    running.lost = True
+                    running.cancel.set()
+                    running.task.cancel()
+
+
+async def _after(delay: float, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    await asyncio.sleep(delay)
+    await fn()
+
+
+def _sweep_scratch(scratch_dir: Path) -> None:
+    """Remove scratch files left by worker processes of this machine that no longer run."""
+    if not scratch_dir.is_dir():
+        return
+    for path in scratch_dir.glob("*-*.jsonl"):
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

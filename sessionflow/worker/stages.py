@@ -1,0 +1,208 @@
+"""The pipeline a claimed session goes through: download → parse → summarize, moving its
+lifecycle at each step with writes fenced by the job's lease.
+
+What fails is sorted here: a PermanentError (the file is not a transcript, the stored object
+is gone or damaged) fails the session at once; a TransientError (storage or database
+unreachable) is retried by the runner. Both carry a sentence the person who uploaded the
+session can act on. Blocking work (download, parse, summarize, JSON encoding) runs in
+threads, so the event loop keeps renewing leases meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from pydantic import ValidationError
+
+from sessionflow.storage import ObjectNotFound, ObjectStore, StorageError
+from sessionflow.worker.claims import Claims, Job
+from sessionflow.worker.parse import ParseResult, TranscriptError, parse_transcript, read_lines
+from sessionflow.worker.summarize import Summarizer, should_summarize
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_COPY_CHUNK = 1024 * 1024
+
+
+class PermanentError(Exception):
+    """Retrying cannot help: the session fails now, with this message as its error."""
+
+
+class TransientError(Exception):
+    """Worth another attempt later; the message says what went wrong."""
+
+
+class JobLost(Exception):
+    """The lease was taken away (expired and re-claimed, or the session was re-ingested)."""
+
+
+class Cancelled(Exception):
+    """The job was given up (stop, lost lease, timeout) while a thread still worked on it."""
+
+
+def _checked(chunks: Iterable[bytes], cancel: threading.Event) -> Iterator[bytes]:
+    for chunk in chunks:
+        if cancel.is_set():
+            raise Cancelled
+        yield chunk
+
+
+def download(store: ObjectStore, job: Job, target: Path, cancel: threading.Event) -> None:
+    """Copy the job's transcript from the store to target, checking its sha256 on the way."""
+    hasher = hashlib.sha256()
+    with store.open(job.transcript_key) as src, target.open("wb") as out:
+        for chunk in _checked(iter(functools.partial(src.read, _COPY_CHUNK), b""), cancel):
+            hasher.update(chunk)
+            out.write(chunk)
+    actual = hasher.hexdigest()
+    if actual != job.transcript_sha256:
+        raise PermanentError(
+            f"the stored transcript {job.transcript_key} is damaged (its sha256 is {actual}, "
+            f"not {job.transcript_sha256}); upload the session again with force to replace it"
+        )
+
+
+def scratch_file(scratch_dir: Path) -> Path:
+    """A new empty file for one transcript, named for this process so that a later worker on
+    this machine can sweep what a killed one left behind."""
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=scratch_dir, prefix=f"{os.getpid()}-", suffix=".jsonl")
+    os.close(fd)
+    return Path(name)
+
+
+def discard(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def parse_and_encode(
+    path: Path, max_line_bytes: int, cancel: threading.Event
+) -> tuple[ParseResult, str]:
+    """Parse a transcript line by line (memory follows the result and the longest line, not
+    the file); returns the result and its JSON."""
+    with path.open("rb") as source:
+        lines = _checked(read_lines(source, max_line_bytes), cancel)
+        result = parse_transcript(lines, max_line_bytes=max_line_bytes)
+    return result, result.model_dump_json()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        claims: Claims,
+        store: ObjectStore,
+        summarizer: Summarizer,
+        min_user_prompts: int,
+        max_line_bytes: int,
+        executor: Executor,
+        scratch_dir: Path,
+    ) -> None:
+        self.claims = claims
+        self.store = store
+        self.summarizer = summarizer
+        self.min_user_prompts = min_user_prompts
+        self.max_line_bytes = max_line_bytes
+        self.executor = executor
+        self.scratch_dir = scratch_dir
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+
+    async def run(self, job: Job, cancel: threading.Event) -> str:
+        """Take the job to a terminal state and return it. Raises PermanentError,
+        TransientError or JobLost."""
+        try:
+            return await self._run(job, cancel)
+        except ObjectNotFound as exc:
+            raise PermanentError(
+                f"the transcript is missing from the object store ({exc}); "
+                "upload the session again with force"
+            ) from exc
+        except StorageError as exc:
+            raise TransientError(f"the object store failed: {exc}") from exc
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise TransientError(f"the database was unreachable: {first_line(exc)}") from exc
+        except OSError as exc:
+            raise TransientError(
+                f"the worker could not use its scratch folder {self.scratch_dir}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+
+    async def _run(self, job: Job, cancel: threading.Event) -> str:
+        if job.lifecycle == "summarizing":
+            stored = await self._stored_result(job)
+            if stored is not None:
+                return await self._summarize(job, stored)
+        if job.lifecycle == "queued":
+            await _fenced(self.claims.advance(job, "downloading"))
+
+        path = await self._blocking(scratch_file, self.scratch_dir)
+        try:
+            await self._blocking(download, self.store, job, path, cancel)
+            if job.lifecycle in ("queued", "downloading"):
+                await _fenced(self.claims.advance(job, "parsing"))
+            try:
+                result, encoded = await self._blocking(
+                    parse_and_encode, path, self.max_line_bytes, cancel
+                )
+            except TranscriptError as exc:
+                raise PermanentError(str(exc)) from exc
+        finally:
+            # In the executor even when cancelled: the file goes whatever happens here.
+            await asyncio.shield(self._blocking(discard, path))
+
+        if job.lifecycle == "summarizing":  # resumed, with no usable stored result
+            return await self._summarize(job, result)
+        if not should_summarize(result, self.min_user_prompts):
+            await _fenced(self.claims.finish_parsed(job, result.parse_status, encoded))
+            return "parsed"
+        await _fenced(self.claims.start_summarizing(job, result.parse_status, encoded))
+        return await self._summarize(job, result)
+
+    async def _stored_result(self, job: Job) -> ParseResult | None:
+        """The parse result an earlier attempt stored before it died in summarizing."""
+        stored = await self.claims.parse_result(job)
+        if stored is None:
+            return None
+        try:
+            return await self._blocking(ParseResult.model_validate, stored)
+        except ValidationError:
+            log.info("worker: parsing %s again: its stored parse result is outdated", job)
+            return None
+
+    async def _summarize(self, job: Job, result: ParseResult) -> str:
+        encoded = await self._blocking(self._summary_json, result)
+        await _fenced(self.claims.finish_summarized(job, encoded))
+        return "summarized"
+
+    def _summary_json(self, result: ParseResult) -> str:
+        summary = self.summarizer.summarize(result)
+        text: str = summary.model_dump_json()
+        return text
+
+
+async def _fenced(update: Awaitable[bool]) -> None:
+    if not await update:
+        raise JobLost
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
