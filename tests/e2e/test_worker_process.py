@@ -3,6 +3,7 @@ in-process worker of `sessionflow serve` on the embedded default."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -239,6 +240,18 @@ def test_a_worker_with_an_unknown_summarizer_says_what_to_fix(workers: Workers) 
     assert "SESSIONFLOW_SUMMARIZER" in result.stderr
 
 
+def stop_postmaster(pgdata: Path) -> None:
+    """Stop the embedded PostgreSQL a killed serve left behind (a SIGTERM ends the process
+    without its exit hooks, the ones that stop the server it started)."""
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().split()[0])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+        wait_until(lambda: not pid_file.exists(), "the embedded PostgreSQL to stop", within=30)
+
+
 def test_serve_on_the_embedded_default_processes_what_it_receives(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
@@ -289,5 +302,6 @@ def test_serve_on_the_embedded_default_processes_what_it_receives(tmp_path: Path
             proc.wait(timeout=30)
         finally:
             log.close()
+            stop_postmaster(data_dir / "postgres")
     # uvicorn re-raises the SIGTERM it handled, so the exit status says little: the log does.
     assert re.search(r"worker \S+ stopped", (tmp_path / "serve.log").read_text())

@@ -44,9 +44,10 @@ class OwnPostgres:
         self._pg_ctl("restart")
 
     def stop(self) -> None:
-        # Through the wheel's own cleanup, so that its exit hook finds nothing left to stop.
+        # Not through the wheel's cleanup: it would look for the postmaster from before the
+        # restart, find it gone, and leave the new one running.
+        self._pg_ctl("stop")
         atexit.unregister(self.server._cleanup)
-        self.server._cleanup()
 
 
 @pytest.fixture
