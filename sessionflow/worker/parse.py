@@ -10,18 +10,17 @@ skips that line's contribution, never the file.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+from sessionflow.transcript import DEFAULT_MAX_LINE_BYTES, EVENT_TYPES, load_object, read_lines
+
 MAX_FILES_KEPT = 200
 MAX_PROMPT_CHARS = 500
 MAX_SUMMARY_CHARS = 500
@@ -29,10 +28,6 @@ MAX_SKIPPED_LINE_NUMBERS = 20
 MAX_TOOL_NAMES = 200
 MAX_MODELS = 50
 OTHER_TOOLS = "(other)"
-
-# The event types this parser aggregates. Claude Code writes others too (file-history-snapshot,
-# queue-operation, ...); they are valid lines that carry nothing we report.
-EVENT_TYPES = frozenset({"user", "assistant", "system", "summary"})
 
 # Which tools change files, and where their input names the file.
 FILE_TOOLS: dict[str, str] = {
@@ -58,8 +53,6 @@ _COMMAND_ARGS = re.compile(r"<command-args>(.*?)</command-args>", re.DOTALL)
 # message.id and usage. Those lines are adjacent in practice, so remembering the most recent ids
 # is enough to count each message once while keeping memory bounded.
 _RECENT_MESSAGE_IDS = 1024
-
-_READ_CHUNK = 1024 * 1024
 
 
 class TranscriptError(Exception):
@@ -112,34 +105,6 @@ class ParseResult(BaseModel):
     skipped_line_numbers: list[int] = Field(default_factory=list)  # 1-based, the first few
 
 
-@dataclass(frozen=True)
-class TranscriptHead:
-    """What the first lines of a file say: whether it is a Claude Code transcript, and the
-    session id its events carry (None when none of the lines read has one: Claude Code names
-    the file after the session, so a caller can fall back on the file's stem)."""
-
-    is_transcript: bool
-    session_id: str | None
-    reason: str | None = None  # why it is not a transcript, as a sentence
-
-
-def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
-    """The lines of a binary stream, like `for line in stream`, except that a line longer than
-    max_line_bytes is never held whole: only its first max_line_bytes + 2 bytes are yielded,
-    which parse_transcript then counts as skipped."""
-    limit = max_line_bytes + 2  # room for the line's own \r\n
-    while True:
-        line = stream.readline(limit)
-        if not line:
-            return
-        if len(line) == limit and not line.endswith(b"\n"):
-            while True:  # drop the rest of the over-long line
-                rest = stream.readline(_READ_CHUNK)
-                if not rest or rest.endswith(b"\n"):
-                    break
-        yield line
-
-
 def parse_file(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ParseResult:
     with path.open("rb") as stream:
         return parse_transcript(read_lines(stream, max_line_bytes), max_line_bytes=max_line_bytes)
@@ -165,7 +130,7 @@ def parse_transcript(
         if not line.strip():
             blank += 1
             continue
-        event = _load_object(line)
+        event = load_object(line)
         if event is None:
             acc.skip(number)
         else:
@@ -173,54 +138,6 @@ def parse_transcript(
     if acc.events == 0:
         raise TranscriptError(_not_a_transcript(acc, blank, too_long, max_line_bytes))
     return acc.result()
-
-
-def inspect_transcript_head(lines: Iterable[bytes], max_lines: int = 50) -> TranscriptHead:
-    """Whether the first max_lines non-blank lines hold a Claude Code event, and the first
-    sessionId among them. Reads no further than it must and raises nothing for any content
-    (errors from the iterable itself, such as an OSError, do propagate)."""
-    is_transcript = False
-    session_id: str | None = None
-    seen = 0
-    for raw in lines:
-        if not raw.strip():
-            continue
-        seen += 1
-        event = _load_object(raw)
-        if event is not None:
-            if event.get("type") in EVENT_TYPES:
-                is_transcript = True
-            candidate = event.get("sessionId")
-            if session_id is None and isinstance(candidate, str) and candidate:
-                session_id = candidate
-        if (is_transcript and session_id is not None) or seen >= max_lines:
-            break
-    if is_transcript:
-        return TranscriptHead(True, session_id)
-    if seen == 0:
-        reason = "The file is empty."
-    else:
-        reason = (
-            f"The file is not a Claude Code transcript: none of its first {seen} lines is a "
-            "JSON event with a 'type' of user, assistant, system or summary."
-        )
-    return TranscriptHead(False, None, reason)
-
-
-def inspect_file(
-    path: Path, max_lines: int = 50, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-) -> TranscriptHead:
-    """inspect_transcript_head on a file; an unreadable file raises its OSError."""
-    with path.open("rb") as stream:
-        return inspect_transcript_head(read_lines(stream, max_line_bytes), max_lines)
-
-
-def _load_object(line: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line)
-    except (ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _not_a_transcript(acc: _Accumulator, blank: int, too_long: int, max_line_bytes: int) -> str:

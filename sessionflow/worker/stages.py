@@ -27,8 +27,9 @@ import psycopg_pool
 from pydantic import ValidationError
 
 from sessionflow.storage import ObjectNotFound, ObjectStore, StorageError
+from sessionflow.transcript import read_lines
 from sessionflow.worker.claims import Claims, Job
-from sessionflow.worker.parse import ParseResult, TranscriptError, parse_transcript, read_lines
+from sessionflow.worker.parse import ParseResult, TranscriptError, parse_transcript
 from sessionflow.worker.summarize import Summarizer, should_summarize
 
 log = logging.getLogger(__name__)

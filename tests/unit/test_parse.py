@@ -14,16 +14,14 @@ from pathlib import Path
 import pytest
 
 from sessionflow.samples import iter_transcript_lines
+from sessionflow.transcript import inspect_file, inspect_transcript_head, read_lines
 from sessionflow.worker.parse import (
     MAX_FILES_KEPT,
     MAX_PROMPT_CHARS,
     ParseResult,
     TranscriptError,
-    inspect_file,
-    inspect_transcript_head,
     parse_file,
     parse_transcript,
-    read_lines,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "transcripts"

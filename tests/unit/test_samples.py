@@ -19,12 +19,8 @@ from sessionflow.samples import (
     plan_sample_kinds,
     write_sample_transcripts,
 )
-from sessionflow.worker.parse import (
-    TranscriptError,
-    inspect_transcript_head,
-    parse_file,
-    parse_transcript,
-)
+from sessionflow.transcript import inspect_transcript_head
+from sessionflow.worker.parse import TranscriptError, parse_file, parse_transcript
 from sessionflow.worker.summarize import should_summarize
 
 SMALL = log_uniform_sizes(5_000, 30_000)

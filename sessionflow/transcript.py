@@ -1,0 +1,96 @@
+"""The Claude Code transcript format as both sides need it: reading lines within a cap, and
+telling from a file's first lines whether it is a transcript and which session it records.
+
+The CLI uses it to pick files to upload; the worker's parser builds on it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+
+# The event types this parser aggregates. Claude Code writes others too (file-history-snapshot,
+# queue-operation, ...); they are valid lines that carry nothing we report.
+EVENT_TYPES = frozenset({"user", "assistant", "system", "summary"})
+
+_READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TranscriptHead:
+    """What the first lines of a file say: whether it is a Claude Code transcript, and the
+    session id its events carry (None when none of the lines read has one: Claude Code names
+    the file after the session, so a caller can fall back on the file's stem)."""
+
+    is_transcript: bool
+    session_id: str | None
+    reason: str | None = None  # why it is not a transcript, as a sentence
+
+
+def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
+    """The lines of a binary stream, like `for line in stream`, except that a line longer than
+    max_line_bytes is never held whole: only its first max_line_bytes + 2 bytes are yielded,
+    which parse_transcript then counts as skipped."""
+    limit = max_line_bytes + 2  # room for the line's own \r\n
+    while True:
+        line = stream.readline(limit)
+        if not line:
+            return
+        if len(line) == limit and not line.endswith(b"\n"):
+            while True:  # drop the rest of the over-long line
+                rest = stream.readline(_READ_CHUNK)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield line
+
+
+def inspect_transcript_head(lines: Iterable[bytes], max_lines: int = 50) -> TranscriptHead:
+    """Whether the first max_lines non-blank lines hold a Claude Code event, and the first
+    sessionId among them. Reads no further than it must and raises nothing for any content
+    (errors from the iterable itself, such as an OSError, do propagate)."""
+    is_transcript = False
+    session_id: str | None = None
+    seen = 0
+    for raw in lines:
+        if not raw.strip():
+            continue
+        seen += 1
+        event = load_object(raw)
+        if event is not None:
+            if event.get("type") in EVENT_TYPES:
+                is_transcript = True
+            candidate = event.get("sessionId")
+            if session_id is None and isinstance(candidate, str) and candidate:
+                session_id = candidate
+        if (is_transcript and session_id is not None) or seen >= max_lines:
+            break
+    if is_transcript:
+        return TranscriptHead(True, session_id)
+    if seen == 0:
+        reason = "The file is empty."
+    else:
+        reason = (
+            f"The file is not a Claude Code transcript: none of its first {seen} lines is a "
+            "JSON event with a 'type' of user, assistant, system or summary."
+        )
+    return TranscriptHead(False, None, reason)
+
+
+def inspect_file(
+    path: Path, max_lines: int = 50, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> TranscriptHead:
+    """inspect_transcript_head on a file; an unreadable file raises its OSError."""
+    with path.open("rb") as stream:
+        return inspect_transcript_head(read_lines(stream, max_line_bytes), max_lines)
+
+
+def load_object(line: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
+        return None
+    return value if isinstance(value, dict) else None
