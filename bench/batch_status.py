@@ -40,7 +40,8 @@ def load_sessions(dsn: str, count: int) -> None:
             """
             INSERT INTO sessions (owner, id, lifecycle, parse_status, version, transcript_key,
                                   transcript_size, transcript_sha256)
-            SELECT %s, 'session-' || g, (ARRAY['summarized', 'parsed', 'queued', 'failed'])[g %% 4 + 1],
+            SELECT %s, 'session-' || g,
+                   (ARRAY['summarized', 'parsed', 'queued', 'failed'])[g %% 4 + 1],
                    'ok', g, 'k', 1000, repeat('a', 64)
             FROM generate_series(1, %s) AS g
             """,

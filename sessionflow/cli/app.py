@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from sessionflow.cli import tokens
+from sessionflow.cli import backfill, demo, sessions, tokens
 
 app = typer.Typer(
     name="sessionflow",
@@ -19,6 +19,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(tokens.app, name="token")
+app.command("backfill")(backfill.command)
+app.command("demo")(demo.command)
+app.command("status")(sessions.status)
+app.command("show")(sessions.show)
 
 DataDir = Annotated[
     Path | None,

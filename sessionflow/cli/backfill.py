@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +18,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from sessionflow.cli import options
+from sessionflow.cli.localstack import LocalStackError, endpoint
+from sessionflow.cli.ui import UI, make_ui
 from sessionflow.client.discovery import DiscoveryError, LocalTranscript, discover
 from sessionflow.client.http import AuthError, ClientError, ServerUnreachable, SessionflowClient
 from sessionflow.client.tracking import PipelineWaitResult, TrackerDeps, Transport
 from sessionflow.client.tracking import wait_for_pipeline_completion as track
 from sessionflow.client.upload import UploadOptions, UploadResult, backfill
 from sessionflow.client.watch import watch
-from sessionflow.cli import options
-from sessionflow.cli.localstack import LocalStackError, endpoint
-from sessionflow.cli.ui import UI, make_ui
 from sessionflow.protocol import Lifecycle
 
 EXIT_OK = 0
@@ -96,10 +97,13 @@ def _summary_lines(result: PipelineWaitResult) -> list[str]:
     rows = [
         (label, counts.get(state, 0))
         for label, state in (
-            ("Summarized", Lifecycle.SUMMARIZED), ("Parsed", Lifecycle.PARSED),
-            ("Archived", Lifecycle.ARCHIVED), ("Failed", Lifecycle.FAILED),
+            ("Summarized", Lifecycle.SUMMARIZED),
+            ("Parsed", Lifecycle.PARSED),
+            ("Archived", Lifecycle.ARCHIVED),
+            ("Failed", Lifecycle.FAILED),
         )
-        if counts.get(state, 0) or state in (Lifecycle.SUMMARIZED, Lifecycle.PARSED, Lifecycle.FAILED)
+        if counts.get(state, 0)
+        or state in (Lifecycle.SUMMARIZED, Lifecycle.PARSED, Lifecycle.FAILED)
     ]
     if result.not_found:
         rows.append(("Not found", len(result.not_found)))
@@ -121,9 +125,18 @@ def _pending_description(result: PipelineWaitResult) -> str:
 
 def _new_report() -> dict[str, Any]:
     return {
-        "uploaded": 0, "skipped": 0, "upload_failed": [], "not_transcripts": [],
-        "complete": False, "timed_out": False, "interrupted": False, "transport": "none",
-        "counts": {}, "failed": [], "not_found": [], "pending": [],
+        "uploaded": 0,
+        "skipped": 0,
+        "upload_failed": [],
+        "not_transcripts": [],
+        "complete": False,
+        "timed_out": False,
+        "interrupted": False,
+        "transport": "none",
+        "counts": {},
+        "failed": [],
+        "not_found": [],
+        "pending": [],
     }
 
 
@@ -206,6 +219,7 @@ async def _phases(
     report: dict[str, Any],
 ) -> tuple[int, dict[str, Any]]:
     # Phase 1: backfilling.
+    started = time.monotonic()
     ui.start_upload(len(transcripts))
     upload_options = UploadOptions(concurrency=options.concurrency, force=options.force)
     uploading = asyncio.ensure_future(
@@ -216,6 +230,7 @@ async def _phases(
         return EXIT_INTERRUPTED, report
     uploaded: UploadResult = uploading.result()
     ui.finish_upload()
+    report["upload_seconds"] = round(time.monotonic() - started, 3)
     report["uploaded"] = len(uploaded.uploaded)
     report["skipped"] = len(uploaded.skipped)
     report["upload_failed"] = [{"id": sid, "error": why} for sid, why in uploaded.failed]
@@ -248,7 +263,9 @@ async def _phases(
         transport=options.transport,
         stop=interrupt.event,
     )
+    tracking_started = time.monotonic()
     result = await track(uploaded.tracked, deps)
+    report["processing_seconds"] = round(time.monotonic() - tracking_started, 3)
     ui.finish_processing()
     ui.close()
 
@@ -269,7 +286,9 @@ async def _phases(
     if not options.json_output:
         _print_outcome(out, result, report["failed"])
     elif result.timed_out:
-        ui.warn(f"timed out after {options.timeout:g} s; still pending: {_pending_description(result)}")
+        ui.warn(
+            f"timed out after {options.timeout:g} s; still pending: {_pending_description(result)}"
+        )
     if result.timed_out:
         return EXIT_TIMEOUT, report
     if options.exit_status and (failed_ids or uploaded.failed):
@@ -328,7 +347,8 @@ def command(
         str,
         typer.Option(
             envvar="SESSIONFLOW_TRANSPORT",
-            help="How to follow processing: auto (WebSocket, polling when blocked), websocket, poll.",
+            help="How to follow processing: auto (WebSocket; polling where blocked), "
+            "websocket, or poll.",
         ),
     ] = "auto",
     poll_interval: Annotated[
@@ -347,7 +367,9 @@ def command(
     token (or a failed session, with --exit-status), 124 on --timeout, 130 on Ctrl-C."""
     if transport not in ("auto", "websocket", "poll"):
         raise typer.BadParameter("use auto, websocket or poll", param_hint="--transport")
-    chosen: Transport = "auto" if transport == "auto" else "websocket" if transport == "websocket" else "poll"
+    chosen: Transport = (
+        "auto" if transport == "auto" else "websocket" if transport == "websocket" else "poll"
+    )
     opts = BackfillOptions(
         paths=paths or [Path.home() / ".claude" / "projects"],
         server=server,

@@ -26,7 +26,9 @@ def command(
     data_dir: options.DataDir = None,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for processing.")] = 600.0,
     transport: Annotated[str, typer.Option(help="auto, websocket or poll.")] = "auto",
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object at the end.")
+    ] = False,
 ) -> None:
     """Write N sample transcripts to a temporary folder and backfill them into the local server
     (embedded PostgreSQL in the data dir), showing both progress bars and the summary."""
@@ -44,7 +46,11 @@ def command(
             token=None,
             data_dir=options.data_dir_or_default(data_dir),
             timeout=timeout,
-            transport="auto" if transport == "auto" else "websocket" if transport == "websocket" else "poll",
+            transport="auto"
+            if transport == "auto"
+            else "websocket"
+            if transport == "websocket"
+            else "poll",
             json_output=json_output,
         )
         code = execute(opts)

@@ -62,12 +62,26 @@ def local_stack(data_dir: Path) -> Iterator[LocalStack]:
     log_file = data_dir / "server.log"
     with log_file.open("a") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sessionflow", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(data_dir)],
+            [
+                sys.executable,
+                "-m",
+                "sessionflow",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+            ],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={k: v for k, v in os.environ.items() if k not in ("SESSIONFLOW_PORT", "SESSIONFLOW_HOST")},
+            env={
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("SESSIONFLOW_PORT", "SESSIONFLOW_HOST")
+            },
             # Its own session: a Ctrl-C at the terminal reaches the CLI only, which then stops
             # the server in order.
             start_new_session=True,
@@ -83,7 +97,9 @@ def local_stack(data_dir: Path) -> Iterator[LocalStack]:
             try:
                 token = token_file.read_text().strip()
             except OSError as exc:
-                raise LocalStackError(f"cannot read the local token {token_file}: {exc.strerror}") from None
+                raise LocalStackError(
+                    f"cannot read the local token {token_file}: {exc.strerror}"
+                ) from None
             yield LocalStack(url=url, token=token, data_dir=data_dir, log_file=log_file)
         finally:
             _stop(proc)

@@ -20,7 +20,12 @@ Ids = Annotated[list[str], typer.Argument(help="Session ids.", show_default=Fals
 def _run(server: str | None, token: str | None, data_dir: Any, work: Any) -> int:
     err = Console(stderr=True)
     try:
-        with endpoint(server, token, options.data_dir_or_default(data_dir), lambda m: err.print(m, highlight=False)) as (url, tok, _):
+        with endpoint(
+            server,
+            token,
+            options.data_dir_or_default(data_dir),
+            lambda m: err.print(m, highlight=False),
+        ) as (url, tok, _):
             return int(asyncio.run(work(SessionflowClient(url, tok))))
     except AuthError as exc:
         err.print(f"Error: {exc}. Check --token / SESSIONFLOW_TOKEN.", highlight=False)
@@ -34,7 +39,9 @@ def status(
     server: options.Server = None,
     token: options.Token = None,
     data_dir: options.DataDir = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the batch-status answer.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the batch-status answer.")
+    ] = False,
 ) -> None:
     """Print where each session is in the pipeline (one batch-status round)."""
 
@@ -50,7 +57,8 @@ def status(
             if state is None:
                 typer.echo(f"{sid.ljust(width)}  not found")
             else:
-                typer.echo(f"{sid.ljust(width)}  {state.lifecycle.value:<12} parse: {state.parse_status.value}")
+                lifecycle, parsed = state.lifecycle.value, state.parse_status.value
+                typer.echo(f"{sid.ljust(width)}  {lifecycle:<12} parse: {parsed}")
         return 0 if not answer.not_found else 1
 
     raise typer.Exit(_run(server, token, data_dir, work))
@@ -85,7 +93,9 @@ def show(
 
 def _print_detail(detail: SessionDetail) -> None:
     out = Console(soft_wrap=True)
-    out.print(f"[bold]{detail.id}[/]  {detail.lifecycle.value}  (parse: {detail.parse_status.value})")
+    out.print(
+        f"[bold]{detail.id}[/]  {detail.lifecycle.value}  (parse: {detail.parse_status.value})"
+    )
     if detail.error:
         out.print(f"Error: {detail.error}", highlight=False)
     summary = detail.summary or {}
@@ -100,11 +110,24 @@ def _print_detail(detail: SessionDetail) -> None:
             ("Prompts", result.get("user_prompts")),
             ("Assistant messages", result.get("assistant_messages")),
             ("Tool calls", result.get("tool_calls")),
-            ("Tools", ", ".join(f"{k} {v}" for k, v in sorted((result.get("tool_calls_by_name") or {}).items(), key=lambda kv: -kv[1]))),
+            (
+                "Tools",
+                ", ".join(
+                    f"{k} {v}"
+                    for k, v in sorted(
+                        (result.get("tool_calls_by_name") or {}).items(), key=lambda kv: -kv[1]
+                    )
+                ),
+            ),
             ("Models", ", ".join(result.get("models") or [])),
             ("Tokens", ", ".join(f"{k} {v}" for k, v in tokens.items())),
             ("Started", result.get("first_timestamp")),
-            ("Duration", f"{result['duration_seconds']:.0f} s" if result.get("duration_seconds") is not None else None),
+            (
+                "Duration",
+                f"{result['duration_seconds']:.0f} s"
+                if result.get("duration_seconds") is not None
+                else None,
+            ),
             ("Directory", result.get("cwd")),
             ("Branch", result.get("git_branch")),
             ("Files touched", ", ".join((result.get("files_touched") or [])[:10])),

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from rich.console import Console
 from rich.progress import Progress as RichProgress
-from rich.progress import ProgressColumn, Task, TextColumn
+from rich.progress import ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
 from sessionflow.client.tracking import Progress
@@ -58,8 +58,8 @@ class TerminalUI:
             transient=False,
             refresh_per_second=8,
         )
-        self.upload_task: int | None = None
-        self.process_task: int | None = None
+        self.upload_task: TaskID | None = None
+        self.process_task: TaskID | None = None
 
     def _ensure_started(self) -> None:
         if not self.bars.live.is_started:
@@ -106,10 +106,12 @@ class TerminalUI:
 
 
 class PlainUI:
-    """No animation: a line per phase change and at most one progress line every few seconds."""
+    """No animation: a line per phase change and at most one progress line every few seconds;
+    warnings on stderr."""
 
     def __init__(self, console: Console, every: float = 5.0) -> None:
         self.console = console
+        self.err = Console(file=sys.stderr, force_terminal=False, soft_wrap=True)
         self.every = every
         self.upload_total = 0
         self.uploaded = 0
@@ -123,7 +125,7 @@ class PlainUI:
         self._line(message)
 
     def warn(self, message: str) -> None:
-        self._line(f"Warning: {message}")
+        self.err.print(f"Warning: {message}", highlight=False, soft_wrap=True)
 
     def start_upload(self, total: int) -> None:
         self.upload_total = total

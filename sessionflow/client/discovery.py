@@ -49,7 +49,9 @@ def find_jsonl(paths: Sequence[Path]) -> list[Path]:
         elif root.is_dir():
             for folder, dirs, files in os.walk(root):
                 dirs.sort()
-                found.extend(Path(folder) / name for name in sorted(files) if name.endswith(".jsonl"))
+                found.extend(
+                    Path(folder) / name for name in sorted(files) if name.endswith(".jsonl")
+                )
         elif not root.exists():
             raise DiscoveryError(f"{root} does not exist")
         else:
@@ -90,12 +92,17 @@ def discover(
                     session_id = fallback
                 else:
                     result.skipped.append(
-                        (path, f"its session id {session_id[:60]!r} is not usable (1 to "
-                         f"{MAX_ID_LENGTH} letters, digits or . _ : @ + -)")
+                        (
+                            path,
+                            f"its session id {session_id[:60]!r} is not usable (1 to "
+                            f"{MAX_ID_LENGTH} letters, digits or . _ : @ + -)",
+                        )
                     )
                     continue
             if session_id in owners:
-                result.skipped.append((path, f"same session id {session_id} as {owners[session_id]}"))
+                result.skipped.append(
+                    (path, f"same session id {session_id} as {owners[session_id]}")
+                )
                 continue
             sha256, size = hash_file(path)
             stat = path.stat()

@@ -92,7 +92,8 @@ class SessionflowClient:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ServerUnreachable(
-                f"cannot reach the sessionflow server at {self.base_url}: {exc or type(exc).__name__}"
+                f"cannot reach the sessionflow server at {self.base_url}: "
+                f"{exc or type(exc).__name__}"
             ) from exc
         if response.status_code in (401, 403):
             raise AuthError(

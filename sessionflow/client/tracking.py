@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from sessionflow.client.http import AuthError
 from sessionflow.client.watch import WatchAuthError, WatchUnavailable, WatchUpdate
@@ -164,7 +164,7 @@ async def wait_for_pipeline_completion(
     main = asyncio.ensure_future(_track(board, deps, deadline, result))
     stopper = asyncio.ensure_future(deps.stop.wait()) if deps.stop else None
     try:
-        waiting: set[asyncio.Future[object]] = {main}
+        waiting: set[asyncio.Future[Any]] = {main}
         if stopper is not None:
             waiting.add(stopper)
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)

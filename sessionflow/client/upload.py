@@ -80,7 +80,11 @@ async def backfill(
     needed: list[str] = []
     for batch in chunked([t.session_id for t in transcripts], MAX_BATCH_IDS):
         registrations = [by_id[sid].registration() for sid in batch]
-        wanted = await _retrying(lambda regs=registrations: client.register(regs), options)
+
+        def register(regs: list[SessionRegistration] = registrations) -> Awaitable[list[str]]:
+            return client.register(regs)
+
+        wanted = await _retrying(register, options)
         wanted_set = set(wanted)
         for sid in batch:
             if options.force or sid in wanted_set:

@@ -17,7 +17,8 @@ from sessionflow.protocol import TRANSITIONS, Lifecycle
 from tests.conftest import drop_database
 
 INSERT = (
-    "INSERT INTO sessions (owner, id, transcript_key, transcript_size, transcript_sha256, lifecycle)"
+    "INSERT INTO sessions"
+    " (owner, id, transcript_key, transcript_size, transcript_sha256, lifecycle)"
     " VALUES ('o', %s, 'k', 1, repeat('a', 64), %s)"
 )
 

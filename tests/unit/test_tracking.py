@@ -89,8 +89,11 @@ async def test_polling_asks_only_for_pending_ids_in_batches() -> None:
     clock = FakeClock()
     ids = [f"s{i}" for i in range(3)]
     server = ScriptedServer(
-        clock, {0: {"s0": st("parsed", 1), "s1": st("queued", 2), "s2": st("queued", 3)},
-                3: {"s1": st("parsed", 4), "s2": st("parsed", 5)}},
+        clock,
+        {
+            0: {"s0": st("parsed", 1), "s1": st("queued", 2), "s2": st("queued", 3)},
+            3: {"s1": st("parsed", 4), "s2": st("parsed", 5)},
+        },
     )
     await wait_for_pipeline_completion(ids, deps_for(server, clock, transport="poll"))
     assert server.calls == [ids, ["s1", "s2"]]
@@ -107,7 +110,9 @@ async def test_timeout_reports_what_is_pending() -> None:
     assert clock.now == pytest.approx(10)
 
 
-def stream_of(*items: WatchUpdate | Exception) -> Callable[[Sequence[str]], AsyncIterator[WatchUpdate]]:
+def stream_of(
+    *items: WatchUpdate | Exception,
+) -> Callable[[Sequence[str]], AsyncIterator[WatchUpdate]]:
     async def gen(_ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
         for item in items:
             await asyncio.sleep(0)
@@ -232,7 +237,9 @@ async def test_token_refused_on_the_websocket_raises_at_once() -> None:
 async def test_not_found_sessions_end_the_wait_and_are_reported() -> None:
     clock = FakeClock()
     server = ScriptedServer(clock, {0: {"a": st("parsed", 1)}})
-    result = await wait_for_pipeline_completion(["a", "ghost"], deps_for(server, clock, transport="poll"))
+    result = await wait_for_pipeline_completion(
+        ["a", "ghost"], deps_for(server, clock, transport="poll")
+    )
     assert result.complete
     assert result.not_found == ["ghost"]
 
