@@ -92,6 +92,11 @@ class Subscription:
         self._sent: dict[str, LiveState] = {}
         self._snapshots: deque[_Snapshot] = deque()
 
+    @property
+    def held(self) -> int:
+        """States waiting to be sent: never more than the ids watched."""
+        return len(self._buffer)
+
     def expect(self, session_id: str) -> None:
         """Watch `session_id`; its deltas wait until its snapshot is taken for sending."""
         self.watched.add(session_id)
@@ -209,6 +214,11 @@ class LiveHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._listening = False
+
+    @property
+    def subscriptions(self) -> frozenset[Subscription]:
+        """The connections subscribed now (observability, tests)."""
+        return frozenset(self._subscriptions)
 
     def is_ready(self) -> bool:
         """LISTEN is established, and the task that holds it is alive."""
