@@ -38,6 +38,8 @@ WATCH_PATH = "/api/sessions/watch"
 # Reconnect delays: from BACKOFF_BASE doubling up to BACKOFF_MAX, with jitter.
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 15.0
+# The client pings too (as the server does): a dead server or path shows within this, twice.
+KEEPALIVE_SECONDS = 20.0
 # Whatever a server sends is at most 500 ids per message; this leaves ample room.
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -141,6 +143,8 @@ async def _connection(
             additional_headers={"Authorization": f"Bearer {token}"},
             open_timeout=connect_timeout,
             max_size=_MAX_MESSAGE_BYTES,
+            ping_interval=KEEPALIVE_SECONDS,
+            ping_timeout=KEEPALIVE_SECONDS,
             # Small, frequent messages gain little from deflate, and its state would cost the
             # server about 45 KiB per connection (bench/fanout.py: ~100 KiB -> ~55 KiB).
             compression=None,

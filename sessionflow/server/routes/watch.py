@@ -2,7 +2,14 @@
 
 The client sends `watch` messages (protocol.WatchMessage); each is answered with a snapshot
 of those ids, then their changes follow as deltas, coalesced per connection. Each connection
-runs two tasks: a receiver (requests, snapshots) and a sender (drains the hub's buffer)."""
+runs two tasks: a receiver (requests, snapshots) and a sender (drains the hub's buffer).
+
+Refusals: a missing, unknown or revoked token gets HTTP 403 before the handshake completes
+(503 if the database cannot tell). A message the protocol does not allow gets an `error`
+message, then close code 1008: `bad_message` (not JSON text, not an object, no type, or not
+the shape of a watch message), `unknown_type`, `too_many_ids` (over max_batch_ids in one
+message), `invalid_id` (over max_id_length), `watch_limit` (over ws_max_watched on one
+connection). A snapshot the database cannot give closes with 1011: the client retries."""
 
 from __future__ import annotations
 
