@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     worker_reconnect_max_seconds: float = Field(default=10.0, gt=0)
     worker_job_timeout_seconds: float = Field(default=900.0, gt=0)
     worker_shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    worker_parser: Literal["process", "thread"] = "process"  # where parsing runs
     serve_worker: bool = True  # `sessionflow serve` runs an in-process worker
     summarizer: str = "heuristic"
     summarize_min_user_prompts: int = Field(default=2, ge=0)

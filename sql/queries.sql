@@ -68,10 +68,11 @@ SELECT name FROM schema_migrations ORDER BY name;
 
 -- name: claim_sessions
 -- Takes up to %(limit)s runnable sessions that no live lease holds (none, or one whose worker
--- stopped renewing it), oldest first. Every claim counts as an attempt, so a transcript that
--- kills its worker each time still ends up failed.
+-- stopped renewing it), oldest first, and starts a queued one downloading. Every claim counts
+-- as an attempt, so a transcript that kills its worker each time still ends up failed.
+-- Returns the lifecycle each was claimed in: a resumed job carries on from there.
 WITH picked AS (
-    SELECT owner, id FROM sessions
+    SELECT owner, id, lifecycle FROM sessions
     WHERE lifecycle IN ('queued', 'downloading', 'parsing', 'summarizing')
       AND run_after <= now()
       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
@@ -82,10 +83,11 @@ WITH picked AS (
 UPDATE sessions AS s
 SET lease_token = gen_random_uuid(), lease_owner = %(worker)s,
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    attempts = s.attempts + 1
+    attempts = s.attempts + 1,
+    lifecycle = CASE WHEN s.lifecycle = 'queued' THEN 'downloading' ELSE s.lifecycle END
 FROM picked
 WHERE s.owner = picked.owner AND s.id = picked.id
-RETURNING s.owner, s.id, s.lifecycle, s.lease_token, s.attempts, s.transcript_key,
+RETURNING s.owner, s.id, picked.lifecycle, s.lease_token, s.attempts, s.transcript_key,
           s.transcript_sha256, s.transcript_size;
 
 -- name: extend_leases

@@ -11,16 +11,21 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from sessionflow.queries import Q
+
+Conn = AsyncConnection[Any]
 
 
 @dataclass(frozen=True)
 class Job:
     owner: str
     id: str
-    lifecycle: str  # where the session stood when claimed: a resumed job starts from there
+    # Where the session stood when claimed (the claim itself moves queued to downloading): a
+    # resumed job carries on from there.
+    lifecycle: str
     lease: uuid.UUID
     attempt: int
     transcript_key: str
@@ -64,35 +69,52 @@ class Claims:
             cur = await conn.execute(Q.extend_leases, params)
             return {row[0] for row in await cur.fetchall()}
 
-    async def _fenced(self, query: LiteralString, job: Job, **params: Any) -> bool:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(query, {**job.fence, **params})
-            return await cur.fetchone() is not None
+    async def _fenced(
+        self, query: LiteralString, job: Job, conn: Conn | None, **params: Any
+    ) -> bool:
+        if conn is None:
+            async with self.pool.connection() as pooled:
+                return await self._fenced(query, job, pooled, **params)
+        cur = await conn.execute(query, {**job.fence, **params})
+        return await cur.fetchone() is not None
 
-    async def advance(self, job: Job, lifecycle: str) -> bool:
+    # The stage writes take the connection the job holds for its whole run (one pool check
+    # per job instead of one per write); without one they borrow from the pool.
+
+    async def advance(self, job: Job, lifecycle: str, *, conn: Conn | None = None) -> bool:
         """Move a held session to a non-terminal lifecycle; False if the job was lost."""
-        return await self._fenced(Q.job_advance, job, lifecycle=lifecycle)
+        return await self._fenced(Q.job_advance, job, conn, lifecycle=lifecycle)
 
     # Results arrive as JSON text, encoded off the event loop: they can be large.
 
-    async def start_summarizing(self, job: Job, parse_status: str, parse_result: str) -> bool:
+    async def start_summarizing(
+        self, job: Job, parse_status: str, parse_result: str, *, conn: Conn | None = None
+    ) -> bool:
         return await self._fenced(
-            Q.job_start_summarizing, job, parse_status=parse_status, parse_result=parse_result
+            Q.job_start_summarizing,
+            job,
+            conn,
+            parse_status=parse_status,
+            parse_result=parse_result,
         )
 
-    async def finish_parsed(self, job: Job, parse_status: str, parse_result: str) -> bool:
+    async def finish_parsed(
+        self, job: Job, parse_status: str, parse_result: str, *, conn: Conn | None = None
+    ) -> bool:
         return await self._fenced(
-            Q.job_finish_parsed, job, parse_status=parse_status, parse_result=parse_result
+            Q.job_finish_parsed, job, conn, parse_status=parse_status, parse_result=parse_result
         )
 
-    async def finish_summarized(self, job: Job, summary: str) -> bool:
-        return await self._fenced(Q.job_finish_summarized, job, summary=summary)
+    async def finish_summarized(self, job: Job, summary: str, *, conn: Conn | None = None) -> bool:
+        return await self._fenced(Q.job_finish_summarized, job, conn, summary=summary)
 
-    async def parse_result(self, job: Job) -> dict[str, Any] | None:
+    async def parse_result(self, job: Job, *, conn: Conn | None = None) -> dict[str, Any] | None:
         """The parse result a previous attempt stored (a job resumed in summarizing)."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(Q.job_parse_result, job.fence)
-            row = await cur.fetchone()
+        if conn is None:
+            async with self.pool.connection() as pooled:
+                return await self.parse_result(job, conn=pooled)
+        cur = await conn.execute(Q.job_parse_result, job.fence)
+        row = await cur.fetchone()
         return row[0] if row else None
 
     async def release(
@@ -102,13 +124,14 @@ class Claims:
         return await self._fenced(
             Q.job_release,
             job,
+            None,
             delay_seconds=delay_seconds,
             error=error,
             refund=int(refund),
         )
 
     async def fail(self, job: Job, error: str) -> bool:
-        return await self._fenced(Q.job_fail, job, error=error)
+        return await self._fenced(Q.job_fail, job, None, error=error)
 
     async def wake_workers(self) -> None:
         async with self.pool.connection() as conn:

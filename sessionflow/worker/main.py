@@ -65,6 +65,7 @@ async def run(settings: Settings, dsn: str, *, concurrency: int) -> None:
             loop.add_signal_handler(sig, on_signal)
         try:
             await worker.start()
+            await worker.warmed()
             print(f"sessionflow worker {worker.worker_id} processing sessions", flush=True)
             await stop.wait()
             log.info("worker: stopping (finishing or giving back running jobs)")

@@ -30,6 +30,7 @@ from sessionflow.storage import ObjectStore
 from sessionflow.worker.backoff import backoff_seconds
 from sessionflow.worker.claims import Claims, Job
 from sessionflow.worker.listener import JobListener
+from sessionflow.worker.parsers import ParserPool
 from sessionflow.worker.stages import (
     JobLost,
     PermanentError,
@@ -90,6 +91,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="sessionflow-worker"
         )
+        self.parsers = ParserPool(settings.worker_parser, self.concurrency)
         self.scratch_dir = settings.data_dir / "work"
         self.pipeline = Pipeline(
             claims=self.claims,
@@ -98,6 +100,7 @@ class Worker:
             min_user_prompts=settings.summarize_min_user_prompts,
             max_line_bytes=settings.parse_max_line_bytes,
             executor=self._executor,
+            parsers=self.parsers,
             scratch_dir=self.scratch_dir,
         )
         self.listener = JobListener(
@@ -114,6 +117,7 @@ class Worker:
         self._slot_free.set()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._warming: asyncio.Task[None] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self.restarts: Counter[str] = Counter()
 
@@ -121,6 +125,7 @@ class Worker:
 
     async def start(self) -> None:
         _sweep_scratch(self.scratch_dir)
+        self._warming = asyncio.create_task(self.parsers.warm(), name="parser warm-up")
         self._supervisor = asyncio.create_task(self._supervise(), name="worker supervisor")
         log.info(
             "worker %s started: concurrency %d, %s",
@@ -162,7 +167,13 @@ class Worker:
             await self._supervisor
         self._supervisor = None
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.parsers.close()
         log.info("worker %s stopped", self.worker_id)
+
+    async def warmed(self) -> None:
+        """Wait until the parser processes are up (start() does not wait for them)."""
+        if self._warming is not None:
+            await self._warming
 
     def hurry(self) -> None:
         """Give up the running jobs now (a second Ctrl-C during a graceful stop)."""

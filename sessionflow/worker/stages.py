@@ -20,16 +20,17 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar, cast
 
 import psycopg
 import psycopg_pool
 from pydantic import ValidationError
 
-from sessionflow.storage import ObjectNotFound, ObjectStore, StorageError
+from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError
 from sessionflow.transcript import read_lines
-from sessionflow.worker.claims import Claims, Job
+from sessionflow.worker.claims import Claims, Conn, Job
 from sessionflow.worker.parse import ParseResult, TranscriptError, parse_transcript
+from sessionflow.worker.parsers import ParserCrashed, ParserPool
 from sessionflow.worker.summarize import Summarizer, should_summarize
 
 log = logging.getLogger(__name__)
@@ -63,18 +64,10 @@ def _checked(chunks: Iterable[bytes], cancel: threading.Event) -> Iterator[bytes
 
 
 def download(store: ObjectStore, job: Job, target: Path, cancel: threading.Event) -> None:
-    """Copy the job's transcript from the store to target, checking its sha256 on the way."""
-    hasher = hashlib.sha256()
+    """Copy the job's transcript from a remote store to a local file."""
     with store.open(job.transcript_key) as src, target.open("wb") as out:
         for chunk in _checked(iter(functools.partial(src.read, _COPY_CHUNK), b""), cancel):
-            hasher.update(chunk)
             out.write(chunk)
-    actual = hasher.hexdigest()
-    if actual != job.transcript_sha256:
-        raise PermanentError(
-            f"the stored transcript {job.transcript_key} is damaged (its sha256 is {actual}, "
-            f"not {job.transcript_sha256}); upload the session again with force to replace it"
-        )
 
 
 def scratch_file(scratch_dir: Path) -> Path:
@@ -91,14 +84,44 @@ def discard(path: Path) -> None:
         path.unlink()
 
 
-def parse_and_encode(
-    path: Path, max_line_bytes: int, cancel: threading.Event
+class _Hashing:
+    """A binary stream read through readline, hashing every byte that passes."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.hasher = hashlib.sha256()
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.stream.readline(limit)
+        self.hasher.update(line)
+        return line
+
+
+def parse_path(
+    path: Path, job: Job, max_line_bytes: int, cancel: threading.Event | None = None
 ) -> tuple[ParseResult, str]:
     """Parse a transcript line by line (memory follows the result and the longest line, not
-    the file); returns the result and its JSON."""
-    with path.open("rb") as source:
-        lines = _checked(read_lines(source, max_line_bytes), cancel)
+    the file), checking on the way that the bytes are the ones uploaded; returns the result
+    and its JSON. Runs in a parser process or thread (cancel: only a thread can be told to
+    give up)."""
+    try:
+        stream = path.open("rb")
+    except FileNotFoundError as exc:
+        raise ObjectNotFound(f"the stored transcript {path} is missing") from exc
+    except OSError as exc:
+        raise StorageError(f"could not read {path}: {exc.strerror}") from exc
+    hashing = _Hashing(stream)
+    with stream:
+        lines: Iterable[bytes] = read_lines(cast(IO[bytes], hashing), max_line_bytes)
+        if cancel is not None:
+            lines = _checked(lines, cancel)
         result = parse_transcript(lines, max_line_bytes=max_line_bytes)
+    actual = hashing.hasher.hexdigest()
+    if actual != job.transcript_sha256:
+        raise PermanentError(
+            f"the stored transcript {job.transcript_key} is damaged (its sha256 is {actual}, "
+            f"not {job.transcript_sha256}); upload the session again with force to replace it"
+        )
     return result, result.model_dump_json()
 
 
@@ -112,6 +135,7 @@ class Pipeline:
         min_user_prompts: int,
         max_line_bytes: int,
         executor: Executor,
+        parsers: ParserPool,
         scratch_dir: Path,
     ) -> None:
         self.claims = claims
@@ -120,6 +144,7 @@ class Pipeline:
         self.min_user_prompts = min_user_prompts
         self.max_line_bytes = max_line_bytes
         self.executor = executor
+        self.parsers = parsers
         self.scratch_dir = scratch_dir
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -130,7 +155,9 @@ class Pipeline:
         """Take the job to a terminal state and return it. Raises PermanentError,
         TransientError or JobLost."""
         try:
-            return await self._run(job, cancel)
+            # One connection for the job's writes: a pool check per job, not per write.
+            async with self.claims.pool.connection() as conn:
+                return await self._run(job, cancel, conn)
         except ObjectNotFound as exc:
             raise PermanentError(
                 f"the transcript is missing from the object store ({exc}); "
@@ -146,40 +173,53 @@ class Pipeline:
                 f"{exc.strerror or exc}"
             ) from exc
 
-    async def _run(self, job: Job, cancel: threading.Event) -> str:
+    async def _run(self, job: Job, cancel: threading.Event, conn: Conn) -> str:
         if job.lifecycle == "summarizing":
-            stored = await self._stored_result(job)
+            stored = await self._stored_result(job, conn)
             if stored is not None:
-                return await self._summarize(job, stored)
-        if job.lifecycle == "queued":
-            await _fenced(self.claims.advance(job, "downloading"))
+                return await self._summarize(job, stored, conn)
 
-        path = await self._blocking(scratch_file, self.scratch_dir)
+        scratch: Path | None = None
         try:
-            await self._blocking(download, self.store, job, path, cancel)
+            if isinstance(self.store, LocalStore):
+                # Already on this machine: read in place (stored files never change).
+                path = self.store.root / job.transcript_key
+                if not await self._blocking(self.store.exists, job.transcript_key):
+                    raise ObjectNotFound(
+                        f"the stored transcript {job.transcript_key} is missing from "
+                        f"{self.store.url}"
+                    )
+            else:
+                path = scratch = await self._blocking(scratch_file, self.scratch_dir)
+                await self._blocking(download, self.store, job, scratch, cancel)
             if job.lifecycle in ("queued", "downloading"):
-                await _fenced(self.claims.advance(job, "parsing"))
+                await _fenced(self.claims.advance(job, "parsing", conn=conn))
+            in_thread = self.parsers.kind == "thread"
             try:
-                result, encoded = await self._blocking(
-                    parse_and_encode, path, self.max_line_bytes, cancel
+                result, encoded = await self.parsers.run(
+                    parse_path, path, job, self.max_line_bytes, cancel if in_thread else None
                 )
             except TranscriptError as exc:
                 raise PermanentError(str(exc)) from exc
+            except ParserCrashed as exc:
+                raise TransientError(str(exc)) from exc
         finally:
-            # In the executor even when cancelled: the file goes whatever happens here.
-            await asyncio.shield(self._blocking(discard, path))
+            if scratch is not None:
+                # In the executor even when cancelled: the file goes whatever happens here.
+                await asyncio.shield(self._blocking(discard, scratch))
 
         if job.lifecycle == "summarizing":  # resumed, with no usable stored result
-            return await self._summarize(job, result)
+            return await self._summarize(job, result, conn)
+        status = result.parse_status
         if not should_summarize(result, self.min_user_prompts):
-            await _fenced(self.claims.finish_parsed(job, result.parse_status, encoded))
+            await _fenced(self.claims.finish_parsed(job, status, encoded, conn=conn))
             return "parsed"
-        await _fenced(self.claims.start_summarizing(job, result.parse_status, encoded))
-        return await self._summarize(job, result)
+        await _fenced(self.claims.start_summarizing(job, status, encoded, conn=conn))
+        return await self._summarize(job, result, conn)
 
-    async def _stored_result(self, job: Job) -> ParseResult | None:
+    async def _stored_result(self, job: Job, conn: Conn) -> ParseResult | None:
         """The parse result an earlier attempt stored before it died in summarizing."""
-        stored = await self.claims.parse_result(job)
+        stored = await self.claims.parse_result(job, conn=conn)
         if stored is None:
             return None
         try:
@@ -188,9 +228,9 @@ class Pipeline:
             log.info("worker: parsing %s again: its stored parse result is outdated", job)
             return None
 
-    async def _summarize(self, job: Job, result: ParseResult) -> str:
+    async def _summarize(self, job: Job, result: ParseResult, conn: Conn) -> str:
         encoded = await self._blocking(self._summary_json, result)
-        await _fenced(self.claims.finish_summarized(job, encoded))
+        await _fenced(self.claims.finish_summarized(job, encoded, conn=conn))
         return "summarized"
 
     def _summary_json(self, result: ParseResult) -> str:

@@ -50,6 +50,8 @@ def worker_settings(settings: Settings) -> Settings:
             "worker_reconnect_max_seconds": 0.5,
             "worker_shutdown_grace_seconds": 5.0,
             "connect_timeout_seconds": 5.0,
+            # Threads start at once; the tests of the default (processes) ask for it.
+            "worker_parser": "thread",
         }
     )
 
@@ -171,7 +173,7 @@ async def test_an_uploaded_transcript_is_parsed_and_summarized_step_by_step(
     start_worker: StartWorker,
     lifecycle_log: LifecycleLog,
 ) -> None:
-    await start_worker()
+    await start_worker(worker_parser="process")
     await upload(api, token, "s1", transcript())
     done = await wait_for(db_dsn, "s1")
 
@@ -218,7 +220,7 @@ async def test_a_malformed_line_makes_the_parse_partial(
 ) -> None:
     rng = random.Random(3)
     lines = corrupt(rng, list(iter_transcript_lines(rng, 20_000)), bad_lines=1)
-    await start_worker()
+    await start_worker(worker_parser="process")
     await upload(api, token, "bent", b"".join(lines))
     done = await wait_for(db_dsn, "bent")
 
@@ -245,7 +247,7 @@ async def test_an_empty_file_fails_at_once_with_a_clear_error(
 async def test_a_file_that_is_not_a_transcript_fails_at_once_with_a_clear_error(
     api: httpx.AsyncClient, token: str, db_dsn: str, start_worker: StartWorker
 ) -> None:
-    await start_worker()
+    await start_worker(worker_parser="process")  # the parser's error crosses processes
     await upload(api, token, "log", generate_not_transcript_bytes(random.Random(4), 5_000))
     done = await wait_for(db_dsn, "log")
 
@@ -290,7 +292,7 @@ async def test_a_damaged_stored_transcript_fails_at_once(
     await upload(api, token, "rot", data)
     store_root = Path(open_store(worker_settings.resolved_storage_url).url.removeprefix("file://"))
     (store_root / transcript_key(hashlib.sha256(data).hexdigest())).write_bytes(data[:-10])
-    await start_worker()
+    await start_worker(worker_parser="process")
     done = await wait_for(db_dsn, "rot")
 
     assert done["lifecycle"] == "failed"
