@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import random
@@ -327,6 +328,8 @@ def database_with_statement_stats(name: str) -> Iterator[str]:
         finally:
             if stop:
                 pg_ctl(stop, timeout=60, **ctl)
+                # The wheel's own cleanup would look for the postmaster from before the restart.
+                atexit.unregister(server._cleanup)
 
 
 def statement_calls(dsn: str) -> dict[int, tuple[int, str]]:

@@ -5,6 +5,7 @@ same through a real PostgreSQL restart mid-watch."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import random
 from collections.abc import Callable, Iterator
 from contextlib import aclosing
@@ -174,6 +175,8 @@ def own_postgres(tmp_path: Path) -> Iterator[tuple[Any, str]]:
         yield server, dsn
     finally:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        # The wheel's own cleanup would look for the postmaster from before the restart.
+        atexit.unregister(server._cleanup)
 
 
 def restart(server: Any) -> None:
