@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
@@ -26,12 +27,13 @@ import psycopg
 import psycopg_pool
 from pydantic import ValidationError
 
+from sessionflow.metrics import Metrics
 from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError
 from sessionflow.transcript import read_lines
 from sessionflow.worker.claims import Claims, Conn, Job
 from sessionflow.worker.parse import ParseResult, TranscriptError, parse_transcript
 from sessionflow.worker.parsers import ParserCrashed, ParserPool
-from sessionflow.worker.summarize import Summarizer, should_summarize
+from sessionflow.worker.summarize import HeuristicSummarizer, Summarizer, should_summarize
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,9 @@ class Pipeline:
         executor: Executor,
         parsers: ParserPool,
         scratch_dir: Path,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.claims = claims
         self.store = store
         self.summarizer = summarizer
@@ -146,6 +150,11 @@ class Pipeline:
         self.executor = executor
         self.parsers = parsers
         self.scratch_dir = scratch_dir
+
+    def _observe(self, stage: str, started: float) -> None:
+        """Record how long a stage took, from `started` (time.perf_counter())."""
+        if self.metrics is not None:
+            self.metrics.stage_duration.labels(stage).observe(time.perf_counter() - started)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -181,10 +190,12 @@ class Pipeline:
 
         scratch: Path | None = None
         try:
+            started = time.perf_counter()
             if isinstance(self.store, LocalStore):
                 # Already on this machine: read in place (stored files never change).
                 path = self.store.root / job.transcript_key
-                if not await self._blocking(self.store.exists, job.transcript_key):
+                # A stat of a local file: cheaper inline than a hop to a thread and back.
+                if not self.store.exists(job.transcript_key):
                     raise ObjectNotFound(
                         f"the stored transcript {job.transcript_key} is missing from "
                         f"{self.store.url}"
@@ -192,13 +203,16 @@ class Pipeline:
             else:
                 path = scratch = await self._blocking(scratch_file, self.scratch_dir)
                 await self._blocking(download, self.store, job, scratch, cancel)
+            self._observe("download", started)
             if job.lifecycle in ("queued", "downloading"):
                 await _fenced(self.claims.advance(job, "parsing", conn=conn))
             in_thread = self.parsers.kind == "thread"
+            started = time.perf_counter()
             try:
                 result, encoded = await self.parsers.run(
                     parse_path, path, job, self.max_line_bytes, cancel if in_thread else None
                 )
+                self._observe("parse", started)
             except TranscriptError as exc:
                 raise PermanentError(str(exc)) from exc
             except ParserCrashed as exc:
@@ -229,7 +243,13 @@ class Pipeline:
             return None
 
     async def _summarize(self, job: Job, result: ParseResult, conn: Conn) -> str:
-        encoded = await self._blocking(self._summary_json, result)
+        started = time.perf_counter()
+        if isinstance(self.summarizer, HeuristicSummarizer):
+            # Bounded work on the bounded parse result, well under a millisecond: inline.
+            encoded = self._summary_json(result)
+        else:  # anyone's summarizer, which may call out to a model: off the loop
+            encoded = await self._blocking(self._summary_json, result)
+        self._observe("summarize", started)
         await _fenced(self.claims.finish_summarized(job, encoded, conn=conn))
         return "summarized"
 
