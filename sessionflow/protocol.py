@@ -63,7 +63,19 @@ Sha256Hex = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 
 def is_valid_session_id(value: str, max_length: int = MAX_ID_LENGTH) -> bool:
-    return 0 < len(value) <= max_length and _SESSION_ID_RE.match(value) is not None
+    # fullmatch: `$` alone would also accept a trailing newline.
+    return 0 < len(value) <= max_length and _SESSION_ID_RE.fullmatch(value) is not None
+
+
+def lookup_id_problem(value: str, max_length: int = MAX_ID_LENGTH) -> str | None:
+    """Why an id asked about (batch-status, watch) cannot be looked up, or None if it can.
+    Any other string is simply not found; NUL is refused because PostgreSQL text cannot
+    hold it."""
+    if len(value) > max_length:
+        return f"is {len(value)} characters; ids are at most {max_length}"
+    if "\x00" in value:
+        return "contains a NUL character"
+    return None
 
 
 class _Strict(BaseModel):

@@ -18,10 +18,11 @@ from sessionflow.protocol import (
     SessionDetail,
     UploadResponse,
     is_valid_session_id,
+    lookup_id_problem,
 )
 from sessionflow.queries import Q
 from sessionflow.server.bodies import documented_body, read_json
-from sessionflow.server.deps import Owner, Pool, State
+from sessionflow.server.deps import Owner, State
 from sessionflow.server.errors import ApiError, bad_request, not_found
 from sessionflow.server.ingest import discard, receive_transcript
 from sessionflow.storage import transcript_key
@@ -39,6 +40,23 @@ def _check_session_id(session_id: str, max_length: int) -> None:
             f"invalid session id {session_id[:60]!r}: use 1 to {max_length} characters of "
             "letters, digits and . _ : @ + - (starting with a letter or digit)"
         )
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether any key or string in a JSON value holds NUL, which PostgreSQL's jsonb refuses.
+    Iterative, so a deeply nested value cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 @router.post(
@@ -71,6 +89,11 @@ async def register_sessions(request: Request, state: State, owner: Owner) -> Reg
                 f"{settings.max_transcript_bytes}",
             )
         if item.metadata is not None:
+            if _holds_nul(item.metadata):
+                raise bad_request(
+                    f"metadata of session {item.id!r} contains a NUL character, which "
+                    "cannot be stored"
+                )
             encoded = json.dumps(item.metadata)
             if len(encoded) > settings.max_metadata_bytes:
                 raise bad_request(
@@ -177,9 +200,10 @@ async def upload_transcript(
 
 
 @router.get("/{session_id}", response_model=SessionDetail, responses=_ERRORS)
-async def get_session(session_id: str, pool: Pool, owner: Owner) -> SessionDetail:
+async def get_session(session_id: str, state: State, owner: Owner) -> SessionDetail:
     """One session: its state, and its parse results and summary once they exist."""
-    async with pool.connection() as conn:
+    _check_session_id(session_id, state.settings.max_id_length)
+    async with state.pool.connection() as conn:
         cur = await conn.execute(Q.session_detail, {"owner": owner, "id": session_id})
         row = await cur.fetchone()
         names = [d.name for d in cur.description or ()]
@@ -205,11 +229,9 @@ async def batch_status(request: Request, state: State, owner: Owner) -> Response
             f"{settings.max_batch_ids}"
         )
     for session_id in ids:
-        if len(session_id) > settings.max_id_length:
-            raise bad_request(
-                f"session id {session_id[:40]!r}... is {len(session_id)} characters; "
-                f"ids are at most {settings.max_id_length}"
-            )
+        problem = lookup_id_problem(session_id, settings.max_id_length)
+        if problem is not None:
+            raise bad_request(f"session id {session_id[:40]!r}... {problem}")
     async with state.pool.connection() as conn:
         cur = await conn.execute(
             Q.batch_status, {"owner": owner, "ids": json.dumps(ids)}, prepare=True

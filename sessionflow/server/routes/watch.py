@@ -8,8 +8,9 @@ Refusals: a missing, unknown or revoked token gets HTTP 403 before the handshake
 (503 if the database cannot tell). A message the protocol does not allow gets an `error`
 message, then close code 1008: `bad_message` (not JSON text, not an object, no type, or not
 the shape of a watch message), `unknown_type`, `too_many_ids` (over max_batch_ids in one
-message), `invalid_id` (over max_id_length), `watch_limit` (over ws_max_watched on one
-connection). A snapshot the database cannot give closes with 1011: the client retries."""
+message), `invalid_id` (over max_id_length, or holding NUL), `watch_limit` (over
+ws_max_watched on one connection). A snapshot the database cannot give closes with 1011:
+the client retries."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from sessionflow.protocol import WS_CLOSE_POLICY, ErrorMessage, WatchMessage
+from sessionflow.logs import set_owner
+from sessionflow.protocol import WS_CLOSE_POLICY, ErrorMessage, WatchMessage, lookup_id_problem
 from sessionflow.server.deps import AppState, bearer_token, owner_of_token
 from sessionflow.server.live import DatabaseUnavailable, LiveHub, Subscription
 from sessionflow.settings import Settings
@@ -63,9 +65,10 @@ async def watch_sessions(websocket: WebSocket) -> None:
         await _deny(websocket, 403, "unauthorized", detail)
         return
 
+    set_owner(owner)
     await websocket.accept()
     subscription = hub.subscribe(owner)
-    sender = asyncio.create_task(_send_loop(websocket, subscription, state.settings))
+    sender = asyncio.create_task(_send_loop(websocket, hub, subscription, state.settings))
     receiver = asyncio.create_task(_receive_loop(websocket, hub, subscription, state.settings))
     try:
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -124,7 +127,9 @@ async def _deny(websocket: WebSocket, status: int, error: str, detail: str) -> N
         await websocket.close(_CLOSE_INTERNAL, detail[:120])
 
 
-async def _send_loop(websocket: WebSocket, subscription: Subscription, settings: Settings) -> None:
+async def _send_loop(
+    websocket: WebSocket, hub: LiveHub, subscription: Subscription, settings: Settings
+) -> None:
     coalesce = settings.ws_coalesce_seconds
     try:
         while True:
@@ -134,8 +139,10 @@ async def _send_loop(websocket: WebSocket, subscription: Subscription, settings:
             # Cleared before taking, with no await between: whatever the hub offers after
             # this sets the event again.
             subscription.wake.clear()
+            notified_at, subscription.notified_at = subscription.notified_at, None
             for text in subscription.take_messages():
                 await websocket.send_text(text)
+            hub.sent(notified_at)
     except (WebSocketDisconnect, RuntimeError):
         return  # the client is gone
 
@@ -186,12 +193,9 @@ def parse_request(
             f"{settings.max_batch_ids}",
         )
     for sid in request.session_ids:
-        if len(sid) > settings.max_id_length:
-            return Violation(
-                "invalid_id",
-                f"session id {sid[:40]!r}... is {len(sid)} characters; ids are at most "
-                f"{settings.max_id_length}",
-            )
+        problem = lookup_id_problem(sid, settings.max_id_length)
+        if problem is not None:
+            return Violation("invalid_id", f"session id {sid[:40]!r}... {problem}")
     ids = list(dict.fromkeys(request.session_ids))
     total = len(subscription.watched.union(ids))
     if total > settings.ws_max_watched:
