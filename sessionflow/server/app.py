@@ -11,10 +11,13 @@ import anyio
 from fastapi import FastAPI
 
 from sessionflow.db import make_pool, migrate
+from sessionflow.metrics import Metrics
 from sessionflow.server.deps import AppState
 from sessionflow.server.errors import install_error_handlers
 from sessionflow.server.live import LiveHub
+from sessionflow.server.requests import RequestContextMiddleware
 from sessionflow.server.routes import health, sessions, watch
+from sessionflow.server.routes import metrics as metrics_route
 from sessionflow.settings import Settings
 from sessionflow.storage import open_store
 
@@ -54,6 +57,7 @@ def create_app(
                     pool,
                     ping_interval=settings.listen_ping_interval_seconds,
                     connect_timeout=settings.connect_timeout_seconds,
+                    metrics=metrics,
                 )
                 await hub.start(wait=settings.connect_timeout_seconds)
                 stack.push_async_callback(hub.stop)
@@ -62,20 +66,25 @@ def create_app(
             if run_worker:
                 from sessionflow.worker.runner import Worker
 
-                worker = Worker(settings, dsn=dsn, pool=pool, store=store)
+                worker = Worker(settings, dsn=dsn, pool=pool, store=store, metrics=metrics)
                 await worker.start()
                 stack.push_async_callback(worker.stop)  # before the pool closes
                 app.state.worker = worker
             yield
 
+    metrics = Metrics()
     app = FastAPI(
         title="sessionflow",
         version="0.1.0",
         summary="Ingest coding-agent session transcripts and watch their pipeline finish.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_route.router)
     app.include_router(sessions.router)
     if settings.ws_enabled:
         app.include_router(watch.router)

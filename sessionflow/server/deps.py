@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
+from sessionflow.logs import set_owner
 from sessionflow.queries import Q
 from sessionflow.server.errors import ApiError
 from sessionflow.settings import Settings
@@ -73,6 +74,7 @@ async def current_owner(request: Request, pool: Pool) -> str:
     owner = await owner_of_token(pool, token)
     if owner is None:
         raise ApiError(401, "unauthorized", "the API token is unknown or revoked", _UNAUTHORIZED)
+    set_owner(owner)
     return owner
 
 

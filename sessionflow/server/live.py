@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from sessionflow.metrics import Metrics
 from sessionflow.protocol import MAX_BATCH_IDS, TERMINAL
 from sessionflow.queries import Q
 
@@ -79,7 +81,16 @@ class Subscription:
     waiting to be sent. Memory is bounded by the number of watched ids, never by the rate of
     change: the buffer keeps one state per id, the one with the highest version."""
 
-    __slots__ = ("_buffer", "_pending", "_sent", "_snapshots", "owner", "wake", "watched")
+    __slots__ = (
+        "_buffer",
+        "_pending",
+        "_sent",
+        "_snapshots",
+        "notified_at",
+        "owner",
+        "wake",
+        "watched",
+    )
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
@@ -91,6 +102,8 @@ class Subscription:
         self._buffer: dict[str, LiveState] = {}
         self._sent: dict[str, LiveState] = {}
         self._snapshots: deque[_Snapshot] = deque()
+        # When the hub received the oldest NOTIFY whose change waits in the buffer (metrics).
+        self.notified_at: float | None = None
 
     @property
     def held(self) -> int:
@@ -102,7 +115,7 @@ class Subscription:
         self.watched.add(session_id)
         self._pending.add(session_id)
 
-    def offer(self, session_id: str, state: LiveState) -> None:
+    def offer(self, session_id: str, state: LiveState, notified_at: float | None = None) -> None:
         """Called by the hub: keep `state` if it is newer than anything held or sent."""
         sent = self._sent.get(session_id)
         if sent is not None and sent.version >= state.version:
@@ -110,6 +123,8 @@ class Subscription:
         held = self._buffer.get(session_id)
         if held is None or held.version < state.version:
             self._buffer[session_id] = state
+            if self.notified_at is None:
+                self.notified_at = notified_at
             self.wake.set()
 
     def add_snapshot(self, ids: list[str], rows: dict[str, LiveState]) -> None:
@@ -179,8 +194,10 @@ class LiveHub:
         ping_interval: float,
         connect_timeout: float,
         reconnect_max: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._dsn = dsn
+        self.metrics = metrics
         self._pool = pool
         self._ping_interval = ping_interval
         self._connect_timeout = connect_timeout
@@ -194,6 +211,8 @@ class LiveHub:
         # notifications arrived.
         self.listen_sessions = 0
         self.notifications = 0
+        if metrics is not None:
+            metrics.count_open_connections(lambda: len(self._subscriptions))
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -278,14 +297,22 @@ class LiveHub:
 
     # --- fan-out ------------------------------------------------------------------------
 
-    def deliver(self, owner: str, session_id: str, state: LiveState) -> None:
+    def deliver(
+        self, owner: str, session_id: str, state: LiveState, notified_at: float | None = None
+    ) -> None:
         subs = self._index.get((owner, session_id))
         if subs:
             for subscription in subs:
-                subscription.offer(session_id, state)
+                subscription.offer(session_id, state, notified_at)
+
+    def sent(self, notified_at: float | None) -> None:
+        """A connection wrote what it took while `notified_at` was its oldest notification."""
+        if notified_at is not None and self.metrics is not None:
+            self.metrics.notify_send_latency.observe(time.monotonic() - notified_at)
 
     def _dispatch(self, payload: str) -> None:
         self.notifications += 1
+        received = time.monotonic()
         try:
             data: dict[str, Any] = json.loads(payload)
             owner, sid = str(data["owner"]), str(data["id"])
@@ -295,7 +322,7 @@ class LiveHub:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed %s notification: %.200r", CHANNEL, payload)
             return
-        self.deliver(owner, sid, state)
+        self.deliver(owner, sid, state, received)
 
     # --- the LISTEN connection ------------------------------------------------------------
 
@@ -335,6 +362,8 @@ class LiveHub:
             await conn.execute(Q.live_listen)
             self._listening = True
             self.listen_sessions += 1
+            if self.listen_sessions > 1 and self.metrics is not None:
+                self.metrics.listen_reconnects.labels("hub").inc()
             self._up.set()
             log.info("live hub: listening on %s", CHANNEL)
             # Whatever changed while nobody listened is read from the table, after LISTEN:

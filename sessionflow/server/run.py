@@ -95,6 +95,9 @@ def serve(
     config = uvicorn.Config(
         app,
         log_level="info",
+        # No logging config of uvicorn's own: its records reach the root handler that
+        # sessionflow.logs set up (text or JSON, with request ids); the access log is ours.
+        log_config=None,
         access_log=False,
         lifespan="on",
         ws_ping_interval=settings.ws_ping_interval_seconds,

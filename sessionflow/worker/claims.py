@@ -8,7 +8,7 @@ and abandons the job quietly."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 from psycopg import AsyncConnection
@@ -31,6 +31,8 @@ class Job:
     transcript_key: str
     transcript_sha256: str
     transcript_size: int
+    # Seconds from when the session became runnable to this claim (the pickup latency).
+    waited_seconds: float = field(default=0.0, compare=False)
 
     @property
     def fence(self) -> dict[str, Any]:

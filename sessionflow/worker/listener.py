@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from sessionflow.metrics import Metrics
 from sessionflow.queries import Q
 from sessionflow.worker.backoff import backoff_seconds
 
@@ -29,8 +30,10 @@ class JobListener:
         ping_seconds: float,
         reconnect_max_seconds: float,
         connect_timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.dsn = dsn
+        self.metrics = metrics
         self.wake = wake
         self.ping_seconds = ping_seconds
         self.reconnect_max_seconds = reconnect_max_seconds
@@ -74,6 +77,8 @@ class JobListener:
             self.listening = True
             self.connections += 1
             if self.connections > 1:
+                if self.metrics is not None:
+                    self.metrics.listen_reconnects.labels("worker").inc()
                 log.info("worker: listening on the jobs channel again")
             # Whatever was enqueued while no one listened is found by claiming now.
             self.wake()

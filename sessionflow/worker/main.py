@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from wsgiref.simple_server import WSGIServer
 
 import psycopg
+from prometheus_client import start_http_server
 
 from sessionflow.db import make_pool, migrate
 from sessionflow.local import EmbeddedDatabaseError, resolve_database
+from sessionflow.metrics import Metrics
 from sessionflow.settings import Settings
 from sessionflow.storage import open_store
 from sessionflow.worker.runner import Worker, WorkerConfigError, check_settings
@@ -53,6 +56,7 @@ async def run(settings: Settings, dsn: str, *, concurrency: int) -> None:
     await pool.open(wait=True, timeout=settings.connect_timeout_seconds)
     try:
         worker = Worker(settings, dsn=dsn, pool=pool, store=store, concurrency=concurrency)
+        exporter = serve_metrics(worker.metrics, settings)
         stop = asyncio.Event()
 
         def on_signal() -> None:
@@ -73,5 +77,26 @@ async def run(settings: Settings, dsn: str, *, concurrency: int) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
     finally:
         await pool.close()
+
+
+def serve_metrics(metrics: Metrics, settings: Settings) -> WSGIServer | None:
+    """prometheus_client's exporter for this worker's figures, if a port is set."""
+    port = settings.worker_metrics_port
+    if port is None:
+        return None
+    host = settings.worker_metrics_host
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise WorkerStartError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
+            "(SESSIONFLOW_WORKER_METRICS_PORT)"
+        ) from None
+    bound_port = server.server_address[1]
+    print(f"sessionflow worker metrics on http://{host}:{bound_port}/metrics", flush=True)
+    return server

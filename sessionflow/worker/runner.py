@@ -25,6 +25,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
+from sessionflow.metrics import Metrics
 from sessionflow.settings import Settings
 from sessionflow.storage import ObjectStore
 from sessionflow.worker.backoff import backoff_seconds
@@ -79,8 +80,10 @@ class Worker:
         store: ObjectStore,
         concurrency: int | None = None,
         worker_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.dsn = dsn
         self.concurrency = concurrency or settings.worker_concurrency
         self.worker_id = worker_id or make_worker_id()
@@ -102,6 +105,7 @@ class Worker:
             executor=self._executor,
             parsers=self.parsers,
             scratch_dir=self.scratch_dir,
+            metrics=self.metrics,
         )
         self.listener = JobListener(
             dsn,
@@ -109,6 +113,7 @@ class Worker:
             ping_seconds=settings.worker_ping_seconds,
             reconnect_max_seconds=settings.worker_reconnect_max_seconds,
             connect_timeout=settings.connect_timeout_seconds,
+            metrics=self.metrics,
         )
         self.outcomes: Counter[str] = Counter()  # parsed, summarized, failed, retried, lost
         self._running: dict[uuid.UUID, _Running] = {}
@@ -249,7 +254,9 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            self.metrics.jobs_claimed.inc(len(jobs))
             for job in jobs:
+                self.metrics.pickup_latency.observe(job.waited_seconds)
                 self._launch(job)
             if len(jobs) == free:
                 continue  # there may be more: claim again as soon as a slot frees
@@ -282,6 +289,7 @@ class Worker:
             async with asyncio.timeout(settings.worker_job_timeout_seconds):
                 outcome = await self.pipeline.run(job, running.cancel)
             self.outcomes[outcome] += 1
+            self.metrics.jobs_succeeded.labels(outcome).inc()
             log.info("worker: %s is %s", job, outcome)
         except JobLost:
             self.outcomes["lost"] += 1
@@ -319,6 +327,7 @@ class Worker:
 
     async def _fail(self, job: Job, error: str) -> None:
         self.outcomes["failed"] += 1
+        self.metrics.jobs_failed.inc()
         log.info("worker: %s failed: %s", job, error)
         try:
             await self.claims.fail(job, error)
@@ -337,6 +346,7 @@ class Worker:
             cap=self.settings.worker_retry_max_seconds,
         )
         self.outcomes["retried"] += 1
+        self.metrics.jobs_retried.inc()
         log.warning("worker: %s failed (%s); retrying in %.1f s", job, reason, delay)
         try:
             await self.claims.release(
