@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 MAX_BATCH_IDS = 500
 MAX_ID_LENGTH = 200
@@ -57,8 +57,24 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 # Shapes only: how many ids and how long may be are limits the server checks against its
 # settings (defaults MAX_BATCH_IDS, MAX_ID_LENGTH), so that they stay configurable.
-LookupId = Annotated[str, StringConstraints(min_length=1)]
-SessionId = Annotated[str, StringConstraints(min_length=1)]  # alphabet: is_valid_session_id
+# The documents (OpenAPI) give the default limits; the server checks the configured ones.
+LookupId = Annotated[
+    str,
+    StringConstraints(min_length=1),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}),
+]
+SessionId = Annotated[  # alphabet: is_valid_session_id
+    str,
+    StringConstraints(min_length=1),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": SESSION_ID_PATTERN,
+        }
+    ),
+]
 Sha256Hex = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 
