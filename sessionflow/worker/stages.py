@@ -244,7 +244,7 @@ class Pipeline:
 
     async def _summarize(self, job: Job, result: ParseResult, conn: Conn) -> str:
         started = time.perf_counter()
-        if isinstance(self.summarizer, HeuristicSummarizer):
+        if type(self.summarizer) is HeuristicSummarizer:  # not a subclass: it may be slow
             # Bounded work on the bounded parse result, well under a millisecond: inline.
             encoded = self._summary_json(result)
         else:  # anyone's summarizer, which may call out to a model: off the loop

@@ -252,6 +252,31 @@ def stop_postmaster(pgdata: Path) -> None:
         wait_until(lambda: not pid_file.exists(), "the embedded PostgreSQL to stop", within=30)
 
 
+def test_serve_without_its_worker_leaves_sessions_to_separate_workers(
+    workers: Workers, tmp_path: Path
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "serve-no-worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sessionflow", "serve", "--port", str(port), "--no-worker"],
+            env={**workers.env, "SESSIONFLOW_DATA_DIR": str(tmp_path / "serve-data")},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "Application startup complete" in log_path.read_text(), "startup")
+        workers.enqueue("s3", generate_transcript_bytes(random.Random(3), 20_000))
+        workers.gate.touch()
+        workers.start("separate")
+        wait_until(lambda: workers.row("s3")["lifecycle"] == "summarized", "summarized")
+        assert "alice/s3 (attempt 1) is summarized" in workers.log("separate")
+        assert "worker" not in log_path.read_text()  # serve started none
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def test_serve_on_the_embedded_default_processes_what_it_receives(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
