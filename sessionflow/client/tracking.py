@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from sessionflow.client.http import AuthError
+from sessionflow.client.http import ApiError, AuthError, ServerUnreachable
 from sessionflow.client.watch import WatchAuthError, WatchUnavailable, WatchUpdate
 from sessionflow.protocol import TERMINAL, BatchStatusResponse, SessionStatus
 
@@ -216,10 +216,17 @@ async def _track(
         polling = True
         # Poll until done, the deadline, or the time to try the WebSocket again.
         while not board.done() and deps.clock() < deadline:
-            response = await deps.client.batch_status(board.pending())
-            board.merge(response.statuses, response.not_found)
-            result.transports.add("poll")
-            deps.on_progress(board.progress("poll"))
+            try:
+                response = await deps.client.batch_status(board.pending())
+            except (ServerUnreachable, ApiError) as exc:
+                # The server (or its database) is away for a moment: what is known stays
+                # known, and the next poll asks again. Only the deadline gives up.
+                if isinstance(exc, ApiError) and not exc.transient:
+                    raise
+            else:
+                board.merge(response.statuses, response.not_found)
+                result.transports.add("poll")
+                deps.on_progress(board.progress("poll"))
             if board.done():
                 break
             now = deps.clock()
