@@ -82,10 +82,13 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def serve(self, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
-        """Start `sessionflow serve` on a free port and wait until /readyz says ready."""
-        port = free_port()
-        data_dir = self.tmp / f"serve-{port}"
+    def serve(
+        self, *args: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> ServeProcess:
+        """Start `sessionflow serve` (on a free port unless given one: a restart takes the
+        same) and wait until /readyz says ready."""
+        port = port or free_port()
+        data_dir = self.tmp / f"serve-{port}-{len(self.procs)}"
         log = data_dir / "log"
         proc = self._spawn(
             ["serve", "--port", str(port), "--data-dir", str(data_dir), *args], log, env
@@ -138,3 +141,131 @@ class ServeProcess:
 class WorkerProcess:
     log: Path
     proc: subprocess.Popen[bytes]
+
+
+def cli_env(token: str, home: Path) -> dict[str, str]:
+    """The environment of a CLI run: this token, this home, no colour, no other settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONFLOW_")}
+    return {**env, "SESSIONFLOW_TOKEN": token, "HOME": str(home), "NO_COLOR": "1"}
+
+
+def start_backfill(server_url: str, token: str, folder: Path, *args: str) -> Any:
+    """`sessionflow backfill FOLDER --server URL ARGS` as a subprocess (text pipes)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sessionflow",
+            "backfill",
+            str(folder),
+            "--server",
+            server_url,
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(token, folder.parent),
+    )
+
+
+def db_counts(dsn: str, owner: str) -> dict[str, int]:
+    """Sessions of owner per lifecycle state, as the database has them."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT lifecycle, count(*) FROM sessions WHERE owner = %s GROUP BY 1", (owner,)
+        ).fetchall()
+    return {lifecycle: n for lifecycle, n in rows}
+
+
+class CuttingProxy:
+    """A TCP proxy on loopback that can cut every open connection (and from then on refuse
+    WebSocket upgrades, as a proxy or firewall that drops long-lived connections would), or
+    refuse every new connection for a while (the network is down)."""
+
+    def __init__(self, target_port: int) -> None:
+        import asyncio
+
+        self.target_port = target_port
+        self.port = free_port()
+        self.block_websockets = False
+        self.refusing = False
+        self.connections = 0
+        self.writers: list[Any] = []
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        )
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        self.connections += 1
+        if self.refusing:
+            writer.transport.abort()
+            return
+        first = await reader.read(65536)
+        if self.block_websockets and b"upgrade: websocket" in first.lower():
+            writer.write(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, up_writer]
+        up_writer.write(first)
+
+        async def pipe(src: Any, dst: Any) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self, *, block_websockets: bool = True) -> None:
+        """Abort every open connection; later WebSocket upgrades get 403 if asked."""
+
+        def do() -> None:
+            self.block_websockets = block_websockets
+            for w in self.writers:
+                w.transport.abort()
+            self.writers.clear()
+
+        self.loop.call_soon_threadsafe(do)
+
+    def outage(self, down: bool) -> None:
+        """While down, every open connection is cut and every new one is dropped at once."""
+
+        def do() -> None:
+            self.refusing = down
+            if down:
+                for w in self.writers:
+                    w.transport.abort()
+                self.writers.clear()
+
+        self.loop.call_soon_threadsafe(do)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()

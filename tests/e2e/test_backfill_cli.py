@@ -3,13 +3,11 @@ on a real PostgreSQL: both transports, the fallback, Ctrl-C, the timeout, exit c
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from sessionflow.samples import write_sample_transcripts
-from tests.helpers import free_port
+from tests.helpers import CuttingProxy, cli_env, db_counts, free_port
 
 pytestmark = pytest.mark.slow
 ANSI = "\x1b["
@@ -122,11 +119,6 @@ def transcripts(tmp_path: Path) -> Path:
     return folder
 
 
-def cli_env(token: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONFLOW_")}
-    return {**env, "SESSIONFLOW_TOKEN": token, "HOME": str(home), "NO_COLOR": "1"}
-
-
 def backfill(
     server_url: str, token: str, folder: Path, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -147,14 +139,6 @@ def backfill(
         check=False,
         env=cli_env(token, folder.parent),
     )
-
-
-def db_counts(dsn: str, owner: str) -> dict[str, int]:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT lifecycle, count(*) FROM sessions WHERE owner = %s GROUP BY 1", (owner,)
-        ).fetchall()
-    return {lifecycle: n for lifecycle, n in rows}
 
 
 def test_websocket_path_reports_exact_final_counts(
@@ -221,70 +205,6 @@ def test_auto_falls_back_to_polling_when_the_websocket_is_off(
     assert report["transport"] == "poll"
     assert report["counts"] == db_counts(db_dsn, "alice")
     assert result.stderr.count("live updates unavailable") == 1
-
-
-class CuttingProxy:
-    """A TCP proxy on loopback that can cut every open connection and then refuse WebSocket
-    upgrades, as a proxy or firewall that drops long-lived connections would."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.block_websockets = False
-        self.writers: list[asyncio.StreamWriter] = []
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self.ready.wait(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        )
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        first = await reader.read(65536)
-        if self.block_websockets and b"upgrade: websocket" in first.lower():
-            writer.write(
-                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            await writer.drain()
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.writers += [writer, up_writer]
-        up_writer.write(first)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        def do() -> None:
-            self.block_websockets = True
-            for w in self.writers:
-                w.transport.abort()
-            self.writers.clear()
-
-        self.loop.call_soon_threadsafe(do)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 def test_websocket_dropped_midway_completes_by_polling_with_exact_counts(
