@@ -1,0 +1,58 @@
+"""The server process SIGKILLed while a backfill is tracking, and restarted on the same port:
+the CLI falls back to polling, rides out the outage, reconnects and ends with the truth."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.support import (
+    FAST_WORKER,
+    TRACK_ARGS,
+    assert_truthful_end,
+    finish,
+    sample_folder,
+    stop,
+    stored,
+    wait_until,
+)
+from tests.helpers import Processes, start_backfill
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def procs(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
+    p = Processes(db_dsn, tmp_path, env=FAST_WORKER)
+    yield p
+    p.stop_all()
+
+
+def test_server_killed_mid_tracking_and_restarted_on_its_port_ends_with_exact_counts(
+    procs: Processes, db_dsn: str, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    server = procs.serve("--no-worker")
+    port = int(server.url.rsplit(":", 1)[1])
+    folder, n = sample_folder(tmp_path)
+    cli = start_backfill(server.url, make_token("alice"), folder, *TRACK_ARGS)
+    try:
+        wait_until(lambda: stored(db_dsn) == n, "every session uploaded")
+        time.sleep(1.5)  # the CLI is watching over the WebSocket now; nothing is processed
+
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        time.sleep(3)  # the CLI's polls fail meanwhile: it must keep trying, not give up
+        assert cli.poll() is None, cli.communicate()
+        procs.serve("--no-worker", port=port)
+        procs.worker()
+        report, err = finish(cli)
+    finally:
+        stop(cli)
+    assert report["uploaded"] == n
+    assert report["transport"] == "mixed"
+    assert err.count("live updates unavailable") == 1
+    assert_truthful_end(report, db_dsn, tmp_path / "store", n)
