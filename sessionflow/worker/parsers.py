@@ -13,10 +13,13 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ParserKind = Literal["process", "thread"]
+
+PARENT_CHECK_SECONDS = 1.0
 
 
 class ParserCrashed(Exception):
@@ -41,6 +46,32 @@ def _context() -> Any:
     return context
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # dead but not yet reaped still answers the signal check
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _end_with(worker_pid: int) -> None:
+    """Run in each parser process as it starts: end it once its worker is gone. A worker that
+    is SIGKILLed cannot shut its pool down, and the parsers would wait for work forever."""
+
+    def watch() -> None:
+        while _alive(worker_pid):
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="sessionflow-parent-watch", daemon=True).start()
+
+
 class ParserPool:
     def __init__(self, kind: ParserKind, size: int) -> None:
         self.kind = kind
@@ -50,7 +81,12 @@ class ParserPool:
     def _make(self) -> Executor:
         if self.kind == "thread":
             return ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="sessionflow-parse")
-        return ProcessPoolExecutor(max_workers=self.size, mp_context=_context())
+        return ProcessPoolExecutor(
+            max_workers=self.size,
+            mp_context=_context(),
+            initializer=_end_with,
+            initargs=(os.getpid(),),
+        )
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         executor = self._executor

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -177,6 +178,8 @@ def test_a_session_whose_worker_is_killed_mid_job_is_finished_by_another_never_b
     )
     assert f":{first.pid}:" in held["lease_owner"]
     second = workers.start("second")  # running while the first holds the session
+    helpers = psutil.Process(first.pid).children(recursive=True)  # its parser processes
+    assert helpers
 
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
@@ -200,6 +203,8 @@ def test_a_session_whose_worker_is_killed_mid_job_is_finished_by_another_never_b
     # The second worker took it only once the first one's last lease had run out.
     assert live_claimed_at >= dead_expiry
     assert "lost its lease" not in workers.log("second")
+    # Nothing the killed worker started lives on after it.
+    wait_until(lambda: not any(p.is_running() for p in helpers), "its parsers to end")
 
 
 def test_sigterm_gives_a_running_job_back_and_exits_cleanly(workers: Workers) -> None:
