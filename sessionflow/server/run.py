@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import stat
 import sys
@@ -107,4 +108,12 @@ def serve(
     server = uvicorn.Server(config)
     say(f"sessionflow serving on http://{shown_host}:{bound_port}")
     sys.stdout.flush()
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; with the default handler
+    # that kills the process before its exit hooks run, leaving the embedded PostgreSQL up.
+    # Leaving by SystemExit instead lets them stop it.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     server.run(sockets=[sock])
+
+
+def _exit_after_shutdown(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
