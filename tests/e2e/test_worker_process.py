@@ -275,7 +275,11 @@ def test_serve_without_its_worker_leaves_sessions_to_separate_workers(
         workers.gate.touch()
         workers.start("separate")
         wait_until(lambda: workers.row("s3")["lifecycle"] == "summarized", "summarized")
-        assert "alice/s3 (attempt 1) is summarized" in workers.log("separate")
+        # The worker logs the outcome just after committing it: wait for the line, too.
+        wait_until(
+            lambda: "alice/s3 (attempt 1) is summarized" in workers.log("separate"),
+            "the separate worker's log line",
+        )
         assert "worker" not in log_path.read_text()  # serve started none
     finally:
         proc.send_signal(signal.SIGTERM)
