@@ -63,6 +63,20 @@ def finished(dsn: str, owner: str = OWNER) -> int:
     return sum(n for state, n in db_counts(dsn, owner).items() if state in TERMINAL)
 
 
+def watching(server_url: str) -> bool:
+    """Whether a client holds a WebSocket on the server's watch route (from /metrics)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{server_url}/metrics").text
+    except httpx.TransportError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("sessionflow_websocket_connections "):
+            return float(line.split()[1]) >= 1
+    return False
+
+
 def finish(cli: subprocess.Popen[str], timeout: float = 300) -> tuple[dict[str, Any], str]:
     """The CLI's JSON report and its stderr, once it has exited 0."""
     out, err = cli.communicate(timeout=timeout)

@@ -19,6 +19,7 @@ from tests.faults.support import (
     stop,
     stored,
     wait_until,
+    watching,
 )
 from tests.helpers import Processes, start_backfill
 
@@ -41,7 +42,7 @@ def test_server_killed_mid_tracking_and_restarted_on_its_port_ends_with_exact_co
     cli = start_backfill(server.url, make_token("alice"), folder, *TRACK_ARGS)
     try:
         wait_until(lambda: stored(db_dsn) == n, "every session uploaded")
-        time.sleep(1.5)  # the CLI is watching over the WebSocket now; nothing is processed
+        wait_until(lambda: watching(server.url), "the CLI watching over the WebSocket")
 
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=10)
