@@ -34,8 +34,9 @@ ENV SSL_CERT_FILE=/tmp/ca.crt \
 RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --no-cache-dir uv==0.13.9
 WORKDIR /src
 # Dependencies first: a change to the code alone reuses this layer.
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock ./
 RUN /opt/uv/bin/uv sync --locked --no-dev --extra s3 --no-install-project
+COPY README.md ./
 COPY sessionflow ./sessionflow
 COPY sql ./sql
 RUN /opt/uv/bin/uv sync --locked --no-dev --extra s3 --no-editable

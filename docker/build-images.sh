@@ -142,13 +142,22 @@ if [ "${SESSIONFLOW_ONLY_BASE:-}" = python ]; then
     echo "$python_base"
     exit 0  # .ci/docker.sh's probe: one root, imported, before building the rest
 fi
-postgres_base=$(root_image postgres "postgresql-15")
-nginx_base=$(root_image nginx "nginx-light")
 
-build_image sessionflow-postgres docker/postgres/Dockerfile docker/postgres "$postgres_base" \
-    docker/postgres
-docker tag sessionflow-postgres:latest sessionflow-test-postgres:latest
-build_image sessionflow-proxy docker/proxy/Dockerfile docker/proxy "$nginx_base" docker/proxy
-build_image sessionflow-s3 docker/moto/Dockerfile docker "$python_base" docker/moto docker/build-ca
+# The other two roots bootstrap in the background while the python images build.
+roots=$(mktemp -d)
+trap 'rm -rf "$roots"' EXIT
+root_image postgres "postgresql-15" >"$roots/postgres" &
+postgres_job=$!
+root_image nginx "nginx-light" >"$roots/nginx" &
+nginx_job=$!
+
 build_image sessionflow Dockerfile . "$python_base" \
     .dockerignore pyproject.toml uv.lock README.md sessionflow sql docker/build-ca
+build_image sessionflow-s3 docker/moto/Dockerfile docker "$python_base" docker/moto docker/build-ca
+
+wait "$postgres_job" || { echo "the postgresql root failed" >&2; exit 1; }
+wait "$nginx_job" || { echo "the nginx root failed" >&2; exit 1; }
+build_image sessionflow-postgres docker/postgres/Dockerfile docker/postgres "$(cat "$roots/postgres")" \
+    docker/postgres
+docker tag sessionflow-postgres:latest sessionflow-test-postgres:latest
+build_image sessionflow-proxy docker/proxy/Dockerfile docker/proxy "$(cat "$roots/nginx")" docker/proxy
