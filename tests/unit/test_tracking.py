@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
-from sessionflow.client.http import AuthError
+from sessionflow.client.http import ApiError, AuthError, ServerUnreachable
 from sessionflow.client.tracking import Progress, TrackerDeps, wait_for_pipeline_completion
 from sessionflow.client.watch import WatchAuthError, WatchUnavailable, WatchUpdate
 from sessionflow.protocol import BatchStatusResponse, SessionStatus
@@ -265,3 +265,33 @@ async def test_no_sessions_is_complete_at_once() -> None:
     clock = FakeClock()
     result = await wait_for_pipeline_completion([], deps_for(ScriptedServer(clock, {}), clock))
     assert result.complete and result.states == {}
+
+
+class FlakyServer(ScriptedServer):
+    """Unreachable, then a 503, then itself again: a server restarting under the poller."""
+
+    def __init__(self, clock: FakeClock, timeline: dict[float, dict[str, SessionStatus]]) -> None:
+        super().__init__(clock, timeline)
+        self.failures = [ServerUnreachable("connection refused"), ApiError(503, "x", "later")]
+
+    async def batch_status(self, session_ids: Sequence[str]) -> BatchStatusResponse:
+        if self.calls and self.failures:
+            self.calls.append(list(session_ids))
+            raise self.failures.pop(0)
+        return await super().batch_status(session_ids)
+
+
+async def test_polling_rides_out_an_unreachable_server_and_5xx_until_the_deadline() -> None:
+    clock = FakeClock()
+    server = FlakyServer(clock, {0: {"a": st("queued", 1)}, 8: {"a": st("summarized", 4)}})
+    result = await wait_for_pipeline_completion(["a"], deps_for(server, clock, transport="poll"))
+    assert result.complete is True
+    assert len(server.calls) >= 4  # the first answer, two failures, the final answer
+
+
+async def test_polling_still_stops_at_a_4xx_that_retrying_cannot_fix() -> None:
+    clock = FakeClock()
+    server = FlakyServer(clock, {0: {"a": st("queued", 1)}})
+    server.failures = [ApiError(400, "invalid_request", "no")]
+    with pytest.raises(ApiError):
+        await wait_for_pipeline_completion(["a"], deps_for(server, clock, transport="poll"))
