@@ -133,7 +133,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             args.clients,
             args.seconds,
         )
-        with server_process(dsn, Path(tmp)) as (url, _proc):
+        with server_process(dsn, Path(tmp), "--no-worker") as (url, _proc):
             host, port = url.removeprefix("http://").split(":")
             endpoint = await run_phase(
                 "endpoint",
