@@ -4,110 +4,26 @@ on a real PostgreSQL: both transports, the fallback, Ctrl-C, the timeout, exit c
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from sessionflow.samples import write_sample_transcripts
-from tests.helpers import CuttingProxy, cli_env, db_counts, free_port
+from tests.helpers import CuttingProxy, Processes, cli_env, db_counts, free_port
 
 pytestmark = pytest.mark.slow
 ANSI = "\x1b["
 
 
-@dataclass
-class Server:
-    url: str
-    data_dir: Path
-    proc: subprocess.Popen[bytes]
-
-
-class Servers:
-    """Starts `sessionflow serve` processes on the test's database; stops them at the end."""
-
-    def __init__(self, dsn: str, tmp: Path) -> None:
-        self.dsn = dsn
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> Server:
-        port = free_port()
-        data_dir = self.tmp / f"server-{port}"
-        data_dir.mkdir()
-        log = (data_dir / "log").open("wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sessionflow",
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-                *args,
-            ],
-            stdout=log,
-            stderr=log,
-            env={
-                **os.environ,
-                "SESSIONFLOW_DATABASE_URL": self.dsn,
-                "SESSIONFLOW_STORAGE_URL": (self.tmp / "store").as_uri(),
-                **(env or {}),
-            },
-        )
-        log.close()
-        self.procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (data_dir / "log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    return Server(url, data_dir, proc)
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server not ready")
-
-    def worker(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sessionflow", "worker", "--data-dir", str(self.tmp / "w")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={
-                **os.environ,
-                "SESSIONFLOW_DATABASE_URL": self.dsn,
-                "SESSIONFLOW_STORAGE_URL": (self.tmp / "store").as_uri(),
-            },
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.fixture
-def servers(db_dsn: str, tmp_path: Path) -> Iterator[Servers]:
-    s = Servers(db_dsn, tmp_path)
+def servers(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
+    s = Processes(db_dsn, tmp_path)
     yield s
     s.stop_all()
 
@@ -142,9 +58,9 @@ def backfill(
 
 
 def test_websocket_path_reports_exact_final_counts(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
 ) -> None:
-    server = servers.start()
+    server = servers.serve()
     result = backfill(server.url, make_token("alice"), transcripts, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -158,9 +74,9 @@ def test_websocket_path_reports_exact_final_counts(
 
 
 def test_second_run_uploads_nothing(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str]
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.start()
+    server = servers.serve()
     token = make_token("alice")
     first = json.loads(backfill(server.url, token, transcripts, "--json").stdout)
     second = json.loads(backfill(server.url, token, transcripts, "--json").stdout)
@@ -172,9 +88,9 @@ def test_second_run_uploads_nothing(
 
 
 def test_poll_transport_completes_and_plain_output_has_no_ansi(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str]
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.start()
+    server = servers.serve()
     result = backfill(
         server.url,
         make_token("alice"),
@@ -194,9 +110,9 @@ def test_poll_transport_completes_and_plain_output_has_no_ansi(
 
 
 def test_auto_falls_back_to_polling_when_the_websocket_is_off(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
 ) -> None:
-    server = servers.start(env={"SESSIONFLOW_WS_ENABLED": "false"})
+    server = servers.serve(env={"SESSIONFLOW_WS_ENABLED": "false"})
     result = backfill(
         server.url, make_token("alice"), transcripts, "--json", "--poll-interval", "0.5"
     )
@@ -208,9 +124,9 @@ def test_auto_falls_back_to_polling_when_the_websocket_is_off(
 
 
 def test_websocket_dropped_midway_completes_by_polling_with_exact_counts(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
 ) -> None:
-    server = servers.start("--no-worker")
+    server = servers.serve("--no-worker")
     proxy = CuttingProxy(int(server.url.rsplit(":", 1)[1]))
     try:
         proc = subprocess.Popen(
@@ -263,9 +179,9 @@ def _wait_for_line(stream: Any, needle: str, timeout: float) -> list[str]:
 
 
 def test_sigint_while_processing_exits_130_within_a_second(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str]
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.start("--no-worker")  # nothing will finish: the CLI waits
+    server = servers.serve("--no-worker")  # nothing will finish: the CLI waits
     proc = subprocess.Popen(
         [sys.executable, "-m", "sessionflow", "backfill", str(transcripts), "--server", server.url],
         stdout=subprocess.PIPE,
@@ -289,9 +205,9 @@ def test_sigint_while_processing_exits_130_within_a_second(
 
 
 def test_timeout_exits_124_and_names_what_is_pending(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str]
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.start("--no-worker")
+    server = servers.serve("--no-worker")
     result = backfill(server.url, make_token("alice"), transcripts, "--timeout", "2")
     assert result.returncode == 124, result.stderr
     assert "timed out" in result.stdout
@@ -299,9 +215,9 @@ def test_timeout_exits_124_and_names_what_is_pending(
 
 
 def test_exit_status_is_1_when_a_session_failed(
-    servers: Servers, transcripts: Path, make_token: Callable[[str], str], tmp_path: Path
+    servers: Processes, transcripts: Path, make_token: Callable[[str], str], tmp_path: Path
 ) -> None:
-    server = servers.start("--no-worker")
+    server = servers.serve("--no-worker")
     token = make_token("alice")
     uploaded = backfill(server.url, token, transcripts, "--no-wait", "--json")
     assert uploaded.returncode == 0, uploaded.stderr
@@ -321,13 +237,13 @@ def test_exit_status_is_1_when_a_session_failed(
 
 
 def test_unreachable_server_and_bad_token_exit_1_with_what_to_do(
-    servers: Servers, transcripts: Path
+    servers: Processes, transcripts: Path
 ) -> None:
     nowhere = backfill(f"http://127.0.0.1:{free_port()}", "sf_x", transcripts)
     assert nowhere.returncode == 1
     assert "cannot reach" in nowhere.stderr + nowhere.stdout
     assert "Traceback" not in nowhere.stderr
-    server = servers.start()
+    server = servers.serve()
     refused = backfill(server.url, "sf_000000000000_nope-nope-nope-nope-nope", transcripts)
     assert refused.returncode == 1
     assert "refused the API token" in refused.stderr + refused.stdout
