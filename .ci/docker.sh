@@ -89,8 +89,10 @@ run_integration() {
         SESSIONFLOW_TEST_PG_IMAGE=sessionflow-test-postgres:latest \
         uv run pytest tests/integration -q -o cache_dir="$pytest_cache" "${deselected[@]}" "$@"
 }
-# Fails every time on this PostgreSQL 15 image and passes on the embedded one (18): left to
-# the metrics work to look at; every other integration test runs here.
+# On this PostgreSQL 15 container one of the two LISTEN reconnect counters never moves after
+# its backend is terminated (over TCP; the embedded server's unix socket reports it at once).
+# It passes on the embedded run and alone here; under investigation. Every other integration
+# test runs here.
 deselected=(
     --deselect
     tests/integration/test_metrics.py::test_lost_listen_connections_are_counted_for_the_hub_and_the_worker

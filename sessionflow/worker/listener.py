@@ -19,6 +19,8 @@ from sessionflow.queries import Q
 from sessionflow.worker.backoff import backoff_seconds
 
 log = logging.getLogger(__name__)
+# How the worker's LISTEN connection shows in pg_stat_activity.
+APPLICATION_NAME = "sessionflow-worker-listen"
 
 
 class JobListener:
@@ -64,6 +66,7 @@ class JobListener:
         conn = await psycopg.AsyncConnection.connect(
             self.dsn,
             autocommit=True,
+            application_name=APPLICATION_NAME,
             connect_timeout=max(1, round(self.connect_timeout)),
             # Keepalives catch a peer that vanished while the link idles between pings
             # (unix sockets need none: the kernel reports a dead peer at once).
