@@ -95,41 +95,44 @@ class _Board:
 
     def __init__(self, session_ids: Iterable[str]) -> None:
         self.ids = list(dict.fromkeys(session_ids))
+        self.tracked = frozenset(self.ids)
         self.states: dict[str, SessionStatus] = {}
         self.not_found: set[str] = set()
 
     def merge(self, statuses: dict[str, SessionStatus], not_found: Iterable[str]) -> None:
         for sid, status in statuses.items():
-            if sid not in self.states and sid not in self.not_found and sid not in self.ids:
-                continue  # not ours to track
+            if sid not in self.tracked:
+                continue
             current = self.states.get(sid)
             if current is None or _newer(status, current):
                 self.states[sid] = status
             self.not_found.discard(sid)
         for sid in not_found:
-            if sid not in self.states:
+            if sid in self.tracked and sid not in self.states:
                 self.not_found.add(sid)
 
     def replace(self, statuses: dict[str, SessionStatus], not_found: Iterable[str]) -> None:
         """A fresh snapshot is the truth, whatever deltas came before it."""
         for sid, status in statuses.items():
-            if sid in self.states or sid in self.not_found or sid in set(self.ids):
+            if sid in self.tracked:
                 self.states[sid] = status
                 self.not_found.discard(sid)
         for sid in not_found:
-            self.states.pop(sid, None)
-            self.not_found.add(sid)
+            if sid in self.tracked:
+                self.states.pop(sid, None)
+                self.not_found.add(sid)
+
+    def _pending(self, sid: str) -> bool:
+        if sid in self.not_found:
+            return False
+        state = self.states.get(sid)
+        return state is None or state.lifecycle not in TERMINAL
 
     def pending(self) -> list[str]:
-        return [
-            sid
-            for sid in self.ids
-            if sid not in self.not_found
-            and (sid not in self.states or self.states[sid].lifecycle not in TERMINAL)
-        ]
+        return [sid for sid in self.ids if self._pending(sid)]
 
     def done(self) -> bool:
-        return not self.pending()
+        return not any(self._pending(sid) for sid in self.ids)
 
     def progress(self, transport: str) -> Progress:
         counts = Counter(s.lifecycle.value for s in self.states.values())
