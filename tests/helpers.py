@@ -269,3 +269,22 @@ class CuttingProxy:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+# Every lease a worker takes or renews, timed by the database, for tests that prove no two
+# workers ever held one session at once.
+LEASE_LOG = """
+CREATE TABLE lease_log (
+    id text, lease_owner text, lease_token uuid, lease_expires_at timestamptz,
+    at timestamptz DEFAULT clock_timestamp()
+);
+CREATE FUNCTION log_lease() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.lease_token IS NOT NULL THEN
+        INSERT INTO lease_log (id, lease_owner, lease_token, lease_expires_at)
+        VALUES (NEW.id, NEW.lease_owner, NEW.lease_token, NEW.lease_expires_at);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER log_lease AFTER UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION log_lease();
+"""

@@ -27,7 +27,7 @@ from sessionflow.samples import generate_transcript_bytes
 from sessionflow.storage import open_store, transcript_key
 from sessionflow.worker.parse import ParseResult
 from sessionflow.worker.summarize import HeuristicSummarizer, Summary
-from tests.helpers import auth, free_port
+from tests.helpers import LEASE_LOG, auth, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -147,23 +147,6 @@ def workers(db_dsn: str, tmp_path: Path) -> Iterator[Workers]:
     group = Workers(db_dsn, tmp_path)
     yield group
     group.stop_all()
-
-
-LEASE_LOG = """
-CREATE TABLE lease_log (
-    lease_owner text, lease_token uuid, lease_expires_at timestamptz,
-    at timestamptz DEFAULT clock_timestamp()
-);
-CREATE FUNCTION log_lease() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.lease_token IS NOT NULL THEN
-        INSERT INTO lease_log (lease_owner, lease_token, lease_expires_at)
-        VALUES (NEW.lease_owner, NEW.lease_token, NEW.lease_expires_at);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER log_lease AFTER UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION log_lease();
-"""
 
 
 def test_a_session_whose_worker_is_killed_mid_job_is_finished_by_another_never_by_two_at_once(

@@ -29,7 +29,7 @@ from tests.faults.support import (
     stored,
     wait_until,
 )
-from tests.helpers import Processes, start_backfill
+from tests.helpers import LEASE_LOG, Processes, start_backfill
 
 pytestmark = pytest.mark.slow
 
@@ -84,29 +84,12 @@ def test_postgresql_down_for_ten_seconds_mid_processing_everything_recovers_unre
     assert_truthful_end(report, dsn, tmp_path / "store", n)
 
 
-LEASE_LOG = """
-CREATE TABLE fault_lease_log (
-    id text, lease_owner text, lease_expires_at timestamptz,
-    at timestamptz DEFAULT clock_timestamp()
-);
-CREATE FUNCTION fault_log_lease() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.lease_token IS NOT NULL THEN
-        INSERT INTO fault_lease_log (id, lease_owner, lease_expires_at)
-        VALUES (NEW.id, NEW.lease_owner, NEW.lease_expires_at);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER fault_log_lease AFTER UPDATE ON sessions
-    FOR EACH ROW EXECUTE FUNCTION fault_log_lease();
-"""
-
 # Per session, the holders in the order they took it: each must have taken it only after
 # the one before had last held it (its latest lease expiry, or its last renewal).
 OVERLAPS = """
 WITH holds AS (
     SELECT id, lease_owner, min(at) AS took, max(lease_expires_at) AS held_until
-    FROM fault_lease_log GROUP BY id, lease_owner
+    FROM lease_log GROUP BY id, lease_owner
 ), ordered AS (
     SELECT id, lease_owner, took,
            lag(held_until) OVER (PARTITION BY id ORDER BY took) AS previous_until,
@@ -150,8 +133,8 @@ def test_workers_killed_mid_job_again_and_again_leave_no_session_behind(
     with psycopg.connect(db_dsn) as conn:
         overlaps = conn.execute(OVERLAPS).fetchall()
         taken_over = conn.execute(
-            "SELECT count(DISTINCT id) FROM fault_lease_log l WHERE EXISTS ("
-            " SELECT 1 FROM fault_lease_log o WHERE o.id = l.id"
+            "SELECT count(DISTINCT id) FROM lease_log l WHERE EXISTS ("
+            " SELECT 1 FROM lease_log o WHERE o.id = l.id"
             " AND o.lease_owner <> l.lease_owner)"
         ).fetchone()
     assert overlaps == []
