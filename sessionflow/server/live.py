@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +25,9 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from sessionflow.backoff import backoff_seconds
+from sessionflow.listen import FIRST_RETRY_SECONDS, ListenLink
+from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
 from sessionflow.protocol import MAX_BATCH_IDS, TERMINAL
 from sessionflow.queries import Q
@@ -37,8 +39,6 @@ APPLICATION_NAME = "sessionflow-live"
 # Ids per snapshot query and per message the server sends.
 QUERY_CHUNK = 1000
 MESSAGE_CHUNK = MAX_BATCH_IDS
-# A LISTEN session that stayed up this long was healthy: the next loss starts backoff afresh.
-_HEALTHY_SECONDS = 30.0
 
 
 class LiveState(NamedTuple):
@@ -196,21 +196,27 @@ class LiveHub:
         reconnect_max: float = 5.0,
         metrics: Metrics | None = None,
     ) -> None:
-        self._dsn = dsn
         self.metrics = metrics
         self._pool = pool
-        self._ping_interval = ping_interval
-        self._connect_timeout = connect_timeout
         self._reconnect_max = reconnect_max
         self._index: dict[tuple[str, str], set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
-        self._listening = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._up = asyncio.Event()
-        # Observability (and tests): how many times LISTEN was established, and how many
-        # notifications arrived.
-        self.listen_sessions = 0
-        self.notifications = 0
+        # Its `sessions` and `notifications` count LISTENs established and notifications
+        # received (observability, tests).
+        self.link = ListenLink(
+            dsn,
+            name="hub",
+            application_name=APPLICATION_NAME,
+            listen_sql=Q.live_listen,
+            ping_sql=Q.live_ping,
+            on_notify=self._dispatch,
+            on_listening=self._resync,
+            ping_seconds=ping_interval,
+            connect_timeout=connect_timeout,
+            reconnect_max_seconds=reconnect_max,
+            metrics=metrics,
+        )
         if metrics is not None:
             metrics.count_open_connections(lambda: len(self._subscriptions))
 
@@ -219,12 +225,12 @@ class LiveHub:
     async def start(self, wait: float | None = None) -> None:
         """Start listening in the background; wait up to `wait` seconds for the first LISTEN
         (not being up yet is no error: /readyz says so, and clients are resynced once up)."""
-        self._supervisor = asyncio.create_task(self._supervise(), name="live-hub")
+        self._supervisor = asyncio.create_task(self.link.run(), name="live-hub")
         self._supervisor.add_done_callback(self._supervisor_ended)
         if wait:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    await self._up.wait()
+                    await self.link.up.wait()
 
     async def stop(self) -> None:
         task, self._supervisor = self._supervisor, None
@@ -232,7 +238,6 @@ class LiveHub:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._listening = False
 
     @property
     def subscriptions(self) -> frozenset[Subscription]:
@@ -242,10 +247,9 @@ class LiveHub:
     def is_ready(self) -> bool:
         """LISTEN is established, and the task that holds it is alive."""
         task = self._supervisor
-        return self._listening and task is not None and not task.done()
+        return self.link.listening and task is not None and not task.done()
 
     def _supervisor_ended(self, task: asyncio.Task[None]) -> None:
-        self._listening = False
         if not task.cancelled() and task.exception() is not None:
             log.error("the live hub's supervisor died", exc_info=task.exception())
 
@@ -281,7 +285,7 @@ class LiveHub:
         try:
             rows = await self._read(subscription.owner, ids)
         except psycopg.Error as exc:
-            raise DatabaseUnavailable(str(exc).splitlines()[0] if str(exc) else "") from exc
+            raise DatabaseUnavailable(first_line(exc)) from exc
         subscription.add_snapshot(ids, rows)
 
     async def _read(self, owner: str, ids: Sequence[str]) -> dict[str, LiveState]:
@@ -311,7 +315,6 @@ class LiveHub:
             self.metrics.notify_send_latency.observe(time.monotonic() - notified_at)
 
     def _dispatch(self, payload: str) -> None:
-        self.notifications += 1
         received = time.monotonic()
         try:
             data: dict[str, Any] = json.loads(payload)
@@ -324,79 +327,22 @@ class LiveHub:
             return
         self.deliver(owner, sid, state, received)
 
-    # --- the LISTEN connection ------------------------------------------------------------
-
-    def _backoff(self, failures: int) -> float:
-        delay: float = min(self._reconnect_max, 0.1 * 2.0**failures)
-        return delay * random.uniform(0.5, 1.0)
-
-    async def _supervise(self) -> None:
-        loop = asyncio.get_running_loop()
-        failures = 0
-        while True:
-            started = loop.time()
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                log.warning("live hub: LISTEN connection lost (%s); reconnecting", exc)
-            except Exception:
-                # A bug, not a network problem: say so loudly, then carry on listening.
-                log.exception("live hub: the LISTEN task failed; restarting it")
-            finally:
-                self._listening = False
-            if loop.time() - started > _HEALTHY_SECONDS:
-                failures = 0
-            await asyncio.sleep(self._backoff(failures))
-            failures += 1
-
-    async def _listen(self) -> None:
-        """Hold one LISTEN session until the connection fails (raises) or is cancelled."""
-        async with asyncio.timeout(self._connect_timeout):
-            conn = await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, application_name=APPLICATION_NAME
-            )
-        resync: asyncio.Task[None] | None = None
-        try:
-            await conn.execute(Q.live_listen)
-            self._listening = True
-            self.listen_sessions += 1
-            if self.listen_sessions > 1 and self.metrics is not None:
-                self.metrics.listen_reconnects.labels("hub").inc()
-            self._up.set()
-            log.info("live hub: listening on %s", CHANNEL)
-            # Whatever changed while nobody listened is read from the table, after LISTEN:
-            # a change committed later arrives as a notification.
-            if self._subscriptions:
-                resync = asyncio.create_task(self._resync(), name="live-hub-resync")
-            while True:
-                async for notify in conn.notifies(timeout=self._ping_interval):
-                    self._dispatch(notify.payload)
-                # A half-open connection only shows itself when asked something.
-                async with asyncio.timeout(self._ping_interval):
-                    await conn.execute(Q.live_ping)
-        finally:
-            self._listening = False
-            if resync is not None:
-                resync.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await resync
-            with contextlib.suppress(Exception):
-                await conn.close()
-
     async def _resync(self) -> None:
         """Feed every subscription the current state of its watched, non-terminal ids, until
         it succeeds (it is cancelled if the LISTEN connection is lost meanwhile)."""
+        if not self._subscriptions:
+            return
         failures = 0
         while True:
             try:
                 await self._resync_once()
                 return
             except psycopg.Error as exc:
-                log.warning("live hub: resync failed (%s); retrying", exc)
-            await asyncio.sleep(self._backoff(failures))
+                log.warning("live hub: resync failed (%s); retrying", first_line(exc))
             failures += 1
+            await asyncio.sleep(
+                backoff_seconds(failures, base=FIRST_RETRY_SECONDS, cap=self._reconnect_max)
+            )
 
     async def _resync_once(self) -> None:
         by_owner: dict[str, set[str]] = {}

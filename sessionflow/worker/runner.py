@@ -25,23 +25,26 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
+from sessionflow.backoff import backoff_seconds
+from sessionflow.listen import ListenLink
+from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
+from sessionflow.queries import Q
 from sessionflow.settings import Settings
 from sessionflow.storage import ObjectStore
-from sessionflow.worker.backoff import backoff_seconds
 from sessionflow.worker.claims import Claims, Job
-from sessionflow.worker.listener import JobListener
 from sessionflow.worker.parsers import ParserPool
 from sessionflow.worker.stages import (
     JobLost,
     PermanentError,
     Pipeline,
     TransientError,
-    first_line,
 )
 from sessionflow.worker.summarize import Summarizer, get_summarizer
 
 log = logging.getLogger(__name__)
+# How the worker's LISTEN connection shows in pg_stat_activity.
+LISTEN_APPLICATION_NAME = "sessionflow-worker-listen"
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 
@@ -107,12 +110,19 @@ class Worker:
             scratch_dir=self.scratch_dir,
             metrics=self.metrics,
         )
-        self.listener = JobListener(
+        # The jobs channel only wakes the claim loop (which also polls); on every (re)connect
+        # it wakes it too, to claim whatever was enqueued while no one listened.
+        self.listener = ListenLink(
             dsn,
-            wake=self.wake,
+            name="worker",
+            application_name=LISTEN_APPLICATION_NAME,
+            listen_sql=Q.jobs_listen,
+            ping_sql=Q.listener_ping,
+            on_notify=lambda _payload: self.wake(),
+            on_listening=self._woken_by_listen,
             ping_seconds=settings.worker_ping_seconds,
-            reconnect_max_seconds=settings.worker_reconnect_max_seconds,
             connect_timeout=settings.connect_timeout_seconds,
+            reconnect_max_seconds=settings.worker_reconnect_max_seconds,
             metrics=self.metrics,
         )
         self.outcomes: Counter[str] = Counter()  # parsed, summarized, failed, retried, lost
@@ -191,6 +201,9 @@ class Worker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _woken_by_listen(self) -> None:
+        self.wake()
 
     # -- supervision ----------------------------------------------------------------------
 

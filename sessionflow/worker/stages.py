@@ -27,6 +27,7 @@ import psycopg
 import psycopg_pool
 from pydantic import ValidationError
 
+from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
 from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError
 from sessionflow.transcript import read_lines
@@ -262,8 +263,3 @@ class Pipeline:
 async def _fenced(update: Awaitable[bool]) -> None:
     if not await update:
         raise JobLost
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -156,7 +156,7 @@ async def test_clients_converge_after_the_hub_missed_changes_while_its_listen_wa
         for follower in followers:
             await follower.close()
     assert (await readyz_until(live_server.url, 200))["status"] == "ready"
-    assert hub.listen_sessions == 2
+    assert hub.link.sessions == 2
     # Resynced over the same connection: no client had to reconnect.
     assert [f.snapshots for f in followers] == [1, 1, 1]
 
@@ -221,7 +221,7 @@ async def test_clients_converge_through_a_postgresql_restart_mid_watch(
                 await drive_to_the_end(conn, owner, paths[owner])
         for follower, owner in zip(followers, owners, strict=True):
             await follower.converge(await db_states(dsn, owner, IDS))
-        assert hub_of(live).listen_sessions >= 2
+        assert hub_of(live).link.sessions >= 2
         assert (await readyz_until(live.url, 200))["status"] == "ready"
     finally:
         for follower in followers:

@@ -21,7 +21,7 @@ from sessionflow.samples import generate_transcript_bytes
 from sessionflow.server.app import create_app
 from sessionflow.server.live import APPLICATION_NAME
 from sessionflow.settings import Settings
-from sessionflow.worker.listener import APPLICATION_NAME as WORKER_LISTEN_NAME
+from sessionflow.worker.runner import LISTEN_APPLICATION_NAME as WORKER_LISTEN_NAME
 from tests.helpers import auth
 
 GUARD = 60.0  # stops a hung test; measures nothing
@@ -111,7 +111,7 @@ async def test_session_counts_are_aggregate_across_owners_and_name_no_one(
 
 
 async def test_lost_listen_connections_are_counted_for_the_hub_and_the_worker(
-    client: httpx.AsyncClient, db_dsn: str
+    app: FastAPI, client: httpx.AsyncClient, db_dsn: str
 ) -> None:
     hub_reconnects = ("sessionflow_listen_reconnects_total", frozenset({("listener", "hub")}))
     worker_reconnects = (
@@ -121,26 +121,27 @@ async def test_lost_listen_connections_are_counted_for_the_hub_and_the_worker(
     before = await samples(client)
     assert before[hub_reconnects] == 0
     assert before[worker_reconnects] == 0
-    listeners = (
-        "FROM pg_stat_activity WHERE datname = current_database() AND application_name IN (%s, %s)"
-    )
-    names = (APPLICATION_NAME, WORKER_LISTEN_NAME)
+    links = (app.state.live_hub.link, app.state.worker.listener)
     async with asyncio.timeout(GUARD):
-        # Both LISTEN connections up first (the worker's may still be connecting): killing
-        # one at a time would count a reconnect twice.
-        while True:
-            with psycopg.connect(db_dsn, autocommit=True) as conn:
-                row = conn.execute("SELECT count(*) " + listeners, names).fetchone()
-            if row == (2,):
-                break
-            await asyncio.sleep(0.05)
-        with psycopg.connect(db_dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) " + listeners, names)
+        # Both LISTENs established first: a backend killed while its LISTEN is still on the
+        # way is a failed first attempt, not a reconnect (and over TCP that window is wide).
+        await asyncio.gather(*(link.up.wait() for link in links))
+        assert all(link.listening for link in links)
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name IN (%s, %s)",
+                (APPLICATION_NAME, WORKER_LISTEN_NAME),
+            )
+            assert await cur.fetchone() == (2,)
         while True:
             after = await samples(client)
             if after[hub_reconnects] >= 1 and after[worker_reconnects] >= 1:
                 break
             await asyncio.sleep(0.05)
+    assert after[hub_reconnects] == 1
+    assert after[worker_reconnects] == 1
+    assert all(link.sessions == 2 for link in links)
 
 
 async def test_metrics_are_not_served_when_turned_off(settings: Settings, db_dsn: str) -> None:

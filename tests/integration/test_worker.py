@@ -600,7 +600,7 @@ async def test_the_safety_poll_alone_finds_queued_sessions(
     done = await wait_for(db_dsn, "polled")
 
     assert done["lifecycle"] == "summarized"
-    assert worker.listener.connections == 0
+    assert worker.listener.sessions == 0
 
 
 async def test_the_listener_reconnects_and_listens_again_when_its_connection_is_killed(
@@ -619,10 +619,10 @@ async def test_the_listener_reconnects_and_listens_again_when_its_connection_is_
         ).fetchone()
     assert killed == (1,)
     for _ in range(200):
-        if worker.listener.connections >= 2 and worker.listener.listening:
+        if worker.listener.sessions >= 2 and worker.listener.listening:
             break
         await asyncio.sleep(0.05)
-    assert worker.listener.connections == 2
+    assert worker.listener.sessions == 2
 
     await upload(api, token, "after", transcript(seed=21))
     done = await wait_for(db_dsn, "after")

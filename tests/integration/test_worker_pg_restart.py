@@ -113,13 +113,13 @@ async def test_a_worker_idling_through_a_postgres_restart_picks_up_sessions_enqu
         rng = random.Random(1)
         enqueue(dsn, store, "before", generate_transcript_bytes(rng, 20_000), tmp_path)
         await until(lambda: lifecycle(dsn, "before") == "summarized", "the first session")
-        assert worker.listener.connections == 1
+        assert worker.listener.sessions == 1
 
         await asyncio.to_thread(own_postgres.restart)
         # Enqueued while the worker may not have noticed yet: found when it listens again.
         enqueue(dsn, store, "during", generate_transcript_bytes(rng, 20_000), tmp_path)
         await until(
-            lambda: worker.listener.connections >= 2 and worker.listener.listening,
+            lambda: worker.listener.sessions >= 2 and worker.listener.listening,
             "the listener to LISTEN again",
         )
         await until(lambda: lifecycle(dsn, "during") == "summarized", "the session enqueued")
