@@ -87,16 +87,8 @@ pytest_cache=$(mktemp -d)
 run_integration() {
     SESSIONFLOW_TEST_PG=docker TESTCONTAINERS_RYUK_DISABLED=true \
         SESSIONFLOW_TEST_PG_IMAGE=sessionflow-test-postgres:latest \
-        uv run pytest tests/integration -q -o cache_dir="$pytest_cache" "${deselected[@]}" "$@"
+        uv run pytest tests/integration -q -o cache_dir="$pytest_cache" "$@"
 }
-# On this PostgreSQL 15 container one of the two LISTEN reconnect counters never moves after
-# its backend is terminated (over TCP; the embedded server's unix socket reports it at once).
-# It passes on the embedded run and alone here; under investigation. Every other integration
-# test runs here.
-deselected=(
-    --deselect
-    tests/integration/test_metrics.py::test_lost_listen_connections_are_counted_for_the_hub_and_the_worker
-)
 # This is the suite's second full run in one CI job, on 2 shared cores: a test that fails here
 # gets one more try on its own, and says so; one that fails twice fails CI.
 if ! run_integration; then
