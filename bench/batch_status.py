@@ -2,7 +2,8 @@
 sent straight through psycopg, in one run.
 
 100,000 sessions in the table; 16 concurrent clients each asking for 500 random ids (a tenth
-of them unknown) over keep-alive connections to a real `sessionflow serve` process.
+of them unknown) over keep-alive connections to a real `sessionflow serve` process, as it
+runs by default (access log on), and again with SESSIONFLOW_ACCESS_LOG=false to price that line.
 
     uv run python bench/batch_status.py [--sessions 100000] [--clients 16] [--seconds 10]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
 import tempfile
@@ -133,24 +135,31 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             args.clients,
             args.seconds,
         )
-        with server_process(dsn, Path(tmp), "--no-worker") as (url, _proc):
-            host, port = url.removeprefix("http://").split(":")
-            endpoint = await run_phase(
-                "endpoint",
-                lambda stop, lat: http_client(host, int(port), token, bodies, stop, lat),
-                args.clients,
-                args.seconds,
-            )
+        endpoints = []
+        for env in ({}, {"SESSIONFLOW_ACCESS_LOG": "false"}):
+            with server_process(dsn, Path(tmp), "--no-worker", env=env) as (url, _proc):
+                host, port = url.removeprefix("http://").split(":")
+                endpoints.append(
+                    await run_phase(
+                        "endpoint",
+                        functools.partial(http_client, host, int(port), token, bodies),
+                        args.clients,
+                        args.seconds,
+                    )
+                )
+        endpoint, quiet = endpoints
     return {
         "sessions": args.sessions,
         "clients": args.clients,
         "ids_per_request": 500,
         "seconds": args.seconds,
         "endpoint": endpoint,
+        "endpoint_no_access_log": quiet,
         "floor_psycopg": floor,
         "ratio_p50": endpoint["p50_ms"] / floor["p50_ms"],
         "ratio_p99": endpoint["p99_ms"] / floor["p99_ms"],
         "ratio_rps": floor["rps"] / endpoint["rps"],
+        "access_log_cost_rps": quiet["rps"] / endpoint["rps"],
     }
 
 
@@ -163,13 +172,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
-    e, f = report["endpoint"], report["floor_psycopg"]
-    assert isinstance(e, dict) and isinstance(f, dict)
+    e, q, f = report["endpoint"], report["endpoint_no_access_log"], report["floor_psycopg"]
+    assert isinstance(e, dict) and isinstance(q, dict) and isinstance(f, dict)
     print_table(
         f"batch-status: {args.sessions} sessions, {args.clients} clients, 500 ids/request",
         [
             ("", "req/s", "p50 ms", "p99 ms"),
             ("endpoint (HTTP)", f"{e['rps']:.0f}", f"{e['p50_ms']:.1f}", f"{e['p99_ms']:.1f}"),
+            ("  access log off", f"{q['rps']:.0f}", f"{q['p50_ms']:.1f}", f"{q['p99_ms']:.1f}"),
             ("floor (psycopg)", f"{f['rps']:.0f}", f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}"),
             (
                 "ratio endpoint/floor",

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)  # `worker`: off
     worker_metrics_host: str = "127.0.0.1"
     log_format: Literal["text", "json"] = "text"
+    access_log: bool = True  # one INFO line per request (sessionflow.access)
 
     @field_validator("data_dir")
     @classmethod

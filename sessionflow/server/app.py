@@ -81,7 +81,7 @@ def create_app(
     )
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health.router)
     if settings.metrics_enabled:
         app.include_router(metrics_route.router)

@@ -3,8 +3,9 @@
 It takes the client's `X-Request-ID` when it is sane (1 to 64 of [A-Za-z0-9._-]) or makes one,
 answers it in the response's `X-Request-ID`, and holds it in the logging context (see
 sessionflow/logs.py) so that every record emitted while handling the request carries it. When
-the request ends it writes one access line: method, path (never the query string), status,
-duration, request id, and owner if the token was checked. Never a header's value."""
+the request ends it writes one access line (unless SESSIONFLOW_ACCESS_LOG=false): method, path
+(never the query string), status, duration, request id, and owner if the token was checked.
+Never a header's value."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def request_id_from(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -63,24 +65,29 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            context = current_request()
-            owner = context.owner if context else None
-            duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
-            path = scope.get("path", "")
-            access_log.info(
-                "%s %s %s %.2fms",
-                method,
-                path,
-                status,
-                duration_ms,
-                extra={
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": duration_ms,
-                    "request_id": request_id,
-                    "owner": owner,
-                },
-            )
+            if self.access_log:
+                _log_access(scope, status, started, request_id)
             leave_request(token)
+
+
+def _log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
+    context = current_request()
+    owner = context.owner if context else None
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
+    path = scope.get("path", "")
+    access_log.info(
+        "%s %s %s %.2fms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "request_id": request_id,
+            "owner": owner,
+        },
+    )

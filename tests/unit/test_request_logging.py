@@ -31,9 +31,9 @@ async def broken(request: Request) -> PlainTextResponse:
     raise RuntimeError("boom")
 
 
-def make_app() -> Any:
+def make_app(*, access_log: bool = True) -> Any:
     app = Starlette(routes=[Route("/work", endpoint), Route("/broken", broken)])
-    return RequestContextMiddleware(app)
+    return RequestContextMiddleware(app, access_log=access_log)
 
 
 @pytest.fixture
@@ -132,3 +132,15 @@ def test_the_text_format_appends_the_request_fields() -> None:
         logger.handlers.clear()
     line = stream.getvalue().strip()
     assert line.endswith("INFO tests.text: done request_id=abc owner=bob")
+
+
+async def test_with_the_access_log_off_requests_keep_their_id_but_write_no_access_line(
+    captured: io.StringIO,
+) -> None:
+    transport = httpx.ASGITransport(app=make_app(access_log=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as quiet:
+        response = await quiet.get("/work", headers={"X-Request-ID": "r-1"})
+    assert response.headers["x-request-id"] == "r-1"
+    (inside,) = records(captured)
+    assert inside["message"] == "handling /work"
+    assert inside["request_id"] == "r-1"
