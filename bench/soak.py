@@ -6,7 +6,11 @@ PostgreSQL (embedded unless SESSIONFLOW_BENCH_DATABASE_URL is set). In this proc
 uploader that PUTs a fresh generated transcript every `--upload-interval` seconds; 500
 watchers, each told to watch every new session in turn (each session is watched by
 `--watchers-per-session` of them); 20 pollers sending batch-status for the latest 500
-sessions every 3 s. Sampled every `--interval` seconds:
+sessions every 3 s. Watch sets grow for the whole run, unless `--max-watched K`: then a
+watcher that watches more than K sessions forgets the finished ones, by reconnecting and
+watching the rest (there is no unwatch message), so the server's watch state stays bounded and
+its memory curve tells growth that follows the watch sets from a leak. Sampled every
+`--interval` seconds:
 
 - delivery latency: from the commit of a session's final state (its `updated_at`, read back
   from the database) to the moment each of its watchers received it, p50/p95/p99/max;
@@ -14,7 +18,7 @@ sessions every 3 s. Sampled every `--interval` seconds:
 - the server's resident memory, and the database connections in use (pg_stat_activity);
 - sessions uploaded and finished, and states a watcher never received (must stay 0).
 
-    uv run python -m bench.soak [--minutes 10] [--watchers 500] [--pollers 20]
+    uv run python -m bench.soak [--minutes 10] [--watchers 500] [--pollers 20] [--max-watched 8]
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Window:
     poll_latencies: list[float] = field(default_factory=list)
     poll_errors: int = 0
     ws_errors: int = 0
+    rewatches: int = 0  # reconnects of --max-watched
     uploaded: int = 0
     upload_errors: int = 0
 
@@ -79,10 +84,11 @@ class Shared:
 
 
 class Watcher:
-    def __init__(self, url: str, token: str, shared: Shared) -> None:
+    def __init__(self, url: str, token: str, shared: Shared, max_watched: int = 0) -> None:
         self.url = url
         self.token = token
         self.shared = shared
+        self.max_watched = max_watched  # 0: unbounded
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.watched: list[str] = []
         self.seen: set[str] = set()  # sessions whose final state this watcher received
@@ -109,6 +115,14 @@ class Watcher:
         while not self.shared.stop.is_set():
             sid = await self.queue.get()
             self.watched.append(sid)
+            if self.max_watched and len(self.watched) > self.max_watched:
+                unfinished = [w for w in self.watched if w not in self.seen]
+                if len(unfinished) < len(self.watched):
+                    # Forget the finished ones: a fresh connection watching the rest.
+                    self.watched = unfinished
+                    self.shared.window.rewatches += 1
+                    await ws.close()
+                    return
             await self._send(ws, [sid])
 
     async def _receiver(self, ws: ClientConnection) -> None:
@@ -221,7 +235,7 @@ def worker_process(dsn: str, data_dir: Path, env: dict[str, str]) -> Iterator[in
 async def soak(url: str, dsn: str, server_pid: int, args: argparse.Namespace) -> dict[str, Any]:
     token = make_token(dsn, OWNER)
     shared = Shared()
-    watchers = [Watcher(url, token, shared) for _ in range(args.watchers)]
+    watchers = [Watcher(url, token, shared, args.max_watched) for _ in range(args.watchers)]
     limits = httpx.Limits(max_connections=args.pollers + 4)
     headers = {"Authorization": f"Bearer {token}"}
     samples: list[dict[str, Any]] = []
@@ -291,6 +305,7 @@ def sample(
         "poll_p99_ms": round(percentile(window.poll_latencies, 99) * ms, 1),
         "poll_errors": window.poll_errors,
         "ws_errors": window.ws_errors,
+        "rewatches": window.rewatches,
         "upload_errors": window.upload_errors,
         "server_rss_mib": round(rss_bytes(server_pid) / 2**20, 1),
         "db_connections": sum(connections.values()),
@@ -318,6 +333,9 @@ def main() -> None:
     parser.add_argument("--watchers-per-session", type=int, default=5)
     parser.add_argument("--upload-interval", type=float, default=0.25)
     parser.add_argument("--interval", type=float, default=30.0, help="seconds per sample")
+    parser.add_argument(
+        "--max-watched", type=int, default=0, help="bound each watch set (0: let it grow)"
+    )
     args = parser.parse_args()
 
     with (
