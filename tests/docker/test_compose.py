@@ -152,3 +152,45 @@ def test_migrations_are_recorded_once_though_four_processes_applied_them(stack: 
         "SELECT count(*) FROM schema_migrations",
     )
     assert int(recorded) == len(migrations)
+
+
+def _probes_served(container: str) -> int:
+    """How many of the test's probe requests this container's access log shows."""
+    done = subprocess.run(
+        ["docker", "logs", container], capture_output=True, text=True, timeout=60, check=False
+    )
+    return (done.stdout + done.stderr).count(f"GET {PROBE} 404")
+
+
+PROBE = "/compose-proxy-probe"  # a path nothing else asks for: each request is one access line
+
+
+def test_a_replica_added_after_the_proxy_started_gets_its_share_of_requests(
+    stack: Stack,
+) -> None:
+    # A second server-2 container: a new address, which the proxy never saw at its start.
+    stack.run("up", "-d", "--no-recreate", "--scale", "server-2=2", "server-2", timeout=300)
+    containers = stack.run("ps", "-q", "server-2").split()
+    assert len(containers) == 2
+    deadline = time.monotonic() + 120
+    while True:
+        health = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Health.Status}}", *containers],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.split()
+        if health == ["healthy", "healthy"]:
+            break
+        assert time.monotonic() < deadline, f"the new replica never became healthy: {health}"
+        time.sleep(1)
+    # Round-robin over three replicas: the new one is reached once the proxy's DNS cache
+    # (2 s) has expired, so keep asking, a bounded number of times.
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        for _ in range(120):
+            assert client.get(PROBE).status_code == 404
+            if all(_probes_served(c) > 0 for c in containers):
+                break
+            time.sleep(0.25)
+    assert all(_probes_served(c) > 0 for c in containers), [_probes_served(c) for c in containers]
