@@ -8,10 +8,13 @@ and abandons the job quietly."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from sessionflow.queries import Q
@@ -43,16 +46,48 @@ class Job:
 
 
 class Claims:
-    """The statements a worker sends about its jobs, through the shared pool."""
+    """The statements a worker sends about its jobs, through the shared pool.
 
-    def __init__(self, pool: AsyncConnectionPool, *, worker_id: str, lease_seconds: float) -> None:
+    While work keeps coming, the connections of claims and jobs are kept here between uses
+    (up to `keep`) instead of going back to the pool: a pool checkout checks the connection
+    with a round trip of its own, as costly as a stage write. The runner hands them back with
+    return_kept() as soon as it finds no more work, or cannot claim, so an idle worker holds
+    none and a database restart meets fresh, checked connections."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        keep: int = 0,
+    ) -> None:
         self.pool = pool
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        self.keep = keep
+        self._kept: list[Conn] = []
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A kept connection if there is one, else one from the pool."""
+        conn = self._kept.pop() if self._kept else await self.pool.getconn()
+        try:
+            yield conn
+        finally:
+            reusable = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+            if reusable and len(self._kept) < self.keep:
+                self._kept.append(conn)
+            else:  # the pool discards a broken one
+                await self.pool.putconn(conn)
+
+    async def return_kept(self) -> None:
+        while self._kept:
+            await self.pool.putconn(self._kept.pop())
 
     async def claim(self, limit: int) -> list[Job]:
         params = {"limit": limit, "worker": self.worker_id, "lease_seconds": self.lease_seconds}
-        async with self.pool.connection() as conn:
+        async with self.connection() as conn:
             cur = await conn.execute(Q.claim_sessions, params)
             rows = await cur.fetchall()
         return [Job(*row) for row in rows]

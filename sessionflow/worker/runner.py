@@ -92,7 +92,10 @@ class Worker:
         self.worker_id = worker_id or make_worker_id()
         summarizer = check_settings(settings)
         self.claims = Claims(
-            pool, worker_id=self.worker_id, lease_seconds=settings.worker_lease_seconds
+            pool,
+            worker_id=self.worker_id,
+            lease_seconds=settings.worker_lease_seconds,
+            keep=self.concurrency + 1,  # one per running job, and the claim loop's
         )
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="sessionflow-worker"
@@ -181,6 +184,7 @@ class Worker:
         with contextlib.suppress(asyncio.CancelledError):
             await self._supervisor
         self._supervisor = None
+        await self.claims.return_kept()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.parsers.close()
         log.info("worker %s stopped", self.worker_id)
@@ -255,6 +259,7 @@ class Worker:
             try:
                 jobs = await self.claims.claim(free)
             except _DB_ERRORS as exc:
+                await self.claims.return_kept()  # likely as broken: let the pool check them
                 failures += 1
                 delay = backoff_seconds(
                     failures, base=0.2, cap=self.settings.worker_reconnect_max_seconds
@@ -273,6 +278,7 @@ class Worker:
                 self._launch(job)
             if len(jobs) == free:
                 continue  # there may be more: claim again as soon as a slot frees
+            await self.claims.return_kept()  # the queue is drained: hold no connections idle
             with contextlib.suppress(TimeoutError):
                 # The safety poll: NOTIFY only wakes, and expired leases notify no one.
                 await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_seconds)

@@ -165,8 +165,8 @@ class Pipeline:
         """Take the job to a terminal state and return it. Raises PermanentError,
         TransientError or JobLost."""
         try:
-            # One connection for the job's writes: a pool check per job, not per write.
-            async with self.claims.pool.connection() as conn:
+            # One connection for the job's writes, usually kept from an earlier job.
+            async with self.claims.connection() as conn:
                 return await self._run(job, cancel, conn)
         except ObjectNotFound as exc:
             raise PermanentError(

@@ -650,6 +650,28 @@ async def test_concurrent_workers_share_a_backlog_and_process_each_session_once(
     assert finished() == len(ids)
 
 
+async def test_a_busy_worker_reuses_its_connections_and_gives_them_back_when_idle(
+    api: httpx.AsyncClient, token: str, db_dsn: str, start_worker: StartWorker
+) -> None:
+    ids = [f"c{i}" for i in range(12)]
+    for i, session_id in enumerate(ids):
+        await upload(api, token, session_id, transcript(seed=200 + i, size=8_000))
+    worker = await start_worker(worker_concurrency=2)
+    for session_id in ids:
+        assert (await wait_for(db_dsn, session_id))["lifecycle"] == "summarized"
+
+    pool = worker.claims.pool
+    # Without reuse a session takes two checkouts (its claim, its job); the heartbeat takes a few.
+    assert pool.get_stats()["requests_num"] < len(ids)
+    for _ in range(200):  # the claim that finds the queue empty hands them back
+        stats = pool.get_stats()
+        if stats["pool_available"] == stats["pool_size"]:
+            break
+        await asyncio.sleep(0.02)
+    stats = pool.get_stats()
+    assert stats["pool_available"] == stats["pool_size"]
+
+
 def test_an_unknown_summarizer_is_refused_with_a_sentence(
     worker_settings: Settings, db_dsn: str
 ) -> None:
