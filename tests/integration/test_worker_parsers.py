@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from sessionflow.worker.parsers import ParserCrashed, ParserPool
@@ -15,6 +19,18 @@ def die() -> None:
 
 def pid() -> int:
     return os.getpid()
+
+
+def nap_after_touching(marker: Path) -> None:
+    marker.touch()
+    time.sleep(600)
+
+
+def gone(process_id: int) -> bool:
+    try:
+        return psutil.Process(process_id).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 async def test_a_dead_parser_process_is_replaced_and_reported_as_a_crash() -> None:
@@ -29,6 +45,35 @@ async def test_a_dead_parser_process_is_replaced_and_reported_as_a_crash() -> No
 
         second = await pool.run(pid)
         assert second not in (first, os.getpid())  # a fresh process took over
+    finally:
+        pool.close()
+
+
+async def test_a_parse_given_up_ends_its_process_and_a_new_one_takes_its_place(
+    tmp_path: Path,
+) -> None:
+    pool = ParserPool("process", 1)
+    try:
+        await pool.warm()
+        busy = await pool.run(pid)
+        marker = tmp_path / "started"
+        job = asyncio.create_task(pool.run(nap_after_touching, marker))
+        for _ in range(500):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert marker.exists()
+
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+
+        assert await pool.run(pid) not in (busy, os.getpid())
+        for _ in range(500):
+            if gone(busy):
+                break
+            await asyncio.sleep(0.02)
+        assert gone(busy)  # not left napping for ten minutes
     finally:
         pool.close()
 
