@@ -6,7 +6,11 @@ each: time to upload, time until every session is terminal, the CLI's peak memor
 delay from the last session's final commit to the CLI's exit — the figure that shows what the
 live stream buys over polling every 3 s.
 
-    uv run python -m bench.backfill [--sessions 2000]
+Then Ctrl-C: SIGINT to a CLI that is watching sessions no worker will finish, until it exits
+(130), `--ctrl-c-trials` times; the issue asks for within a second. The baseline, from the same
+run, is SIGINT to a bare `python -c "time.sleep(...)"`: what any Python process takes to go.
+
+    uv run python -m bench.backfill [--sessions 2000] [--ctrl-c-trials 10]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +29,14 @@ from typing import Any
 import psutil
 import psycopg
 
-from bench.common import bench_database, make_token, print_table, server_process, write_report
+from bench.common import (
+    bench_database,
+    make_token,
+    percentile,
+    print_table,
+    server_process,
+    write_report,
+)
 from sessionflow.samples import write_sample_transcripts
 
 
@@ -82,11 +94,55 @@ def measure(
     }
 
 
+def _sigint_to_exit(command: list[str], env: dict[str, str], ready: str | None) -> float:
+    """Start `command`, wait for a stdout line containing `ready` (or a moment), send SIGINT,
+    and return the seconds until the process has exited."""
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+    )
+    assert proc.stdout is not None
+    try:
+        deadline = time.monotonic() + 120
+        while ready is not None:
+            line = proc.stdout.readline()
+            if ready in line:
+                break
+            if not line or time.monotonic() > deadline:
+                raise RuntimeError(f"{ready!r} never came from {command}")
+        time.sleep(0.5)  # settled: watching, or sleeping
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        return time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def ctrl_c(url: str, env: dict[str, str], folder: Path, trials: int) -> dict[str, Any]:
+    cli = [sys.executable, "-m", "sessionflow", "backfill", str(folder), "--server", url]
+    bare = [sys.executable, "-c", "import time; time.sleep(600)"]
+    delays, baseline = [], []
+    for _ in range(trials):  # interleaved, so both see the same neighbours
+        delays.append(_sigint_to_exit(cli, env, ready="Processing"))
+        baseline.append(_sigint_to_exit(bare, env, ready=None))
+    return {
+        "trials": trials,
+        "cli_p50_s": percentile(delays, 50),
+        "cli_max_s": max(delays),
+        "bare_python_p50_s": percentile(baseline, 50),
+        "ratio_p50": percentile(delays, 50) / max(percentile(baseline, 50), 1e-3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sessions", type=int, default=2000)
+    parser.add_argument("--ctrl-c-trials", type=int, default=10)
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sessionflow-bench-backfill-") as tmp_name:
@@ -113,6 +169,14 @@ def main() -> None:
                             owner,
                         )
                     )
+            # Nothing finishes without a worker: the CLI watches until interrupted.
+            idle_dir = tmp / "idle-server"
+            idle_dir.mkdir()
+            small = tmp / "small"
+            write_sample_transcripts(small, 20, seed=3)
+            with server_process(dsn, idle_dir, "--no-worker") as (url, _proc):
+                env = {**base_env, "SESSIONFLOW_TOKEN": make_token(dsn, "ctrl-c-user")}
+                interrupt = ctrl_c(url, env, small, args.ctrl_c_trials)
         local_dir = tmp / "local"
         started = time.monotonic()
         report, _exited, peak = run_cli([str(folder), "--data-dir", str(local_dir)], base_env)
@@ -150,8 +214,14 @@ def main() -> None:
         "megabytes": size_mb,
         "runs": rows,
         "exit_delay_ratio_poll_over_ws": poll["exit_delay_s"] / max(ws["exit_delay_s"], 1e-3),
+        "ctrl_c": interrupt,
     }
     print(f"\nexit delay, polling / WebSocket: {summary['exit_delay_ratio_poll_over_ws']:.1f}x")
+    print(
+        f"Ctrl-C to exit, {interrupt['trials']} trials: p50 {interrupt['cli_p50_s']:.2f} s, "
+        f"max {interrupt['cli_max_s']:.2f} s; a bare Python process: "
+        f"{interrupt['bare_python_p50_s']:.2f} s ({interrupt['ratio_p50']:.1f}x)"
+    )
     print(f"written to {write_report('backfill', summary)}")
 
 

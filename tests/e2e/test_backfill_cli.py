@@ -200,7 +200,8 @@ def test_sigint_while_processing_exits_130_within_a_second(
     assert "Stopped watching; the server keeps processing." in err
     assert "Aborted" not in err + out
     assert "Traceback" not in err
-    # Within a second by the issue; generous here, the machine is shared (bench measures it).
+    # Within a second by the issue; generous here, the machine is shared (bench/backfill.py
+    # measures it).
     assert elapsed < 5
 
 
