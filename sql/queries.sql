@@ -103,34 +103,30 @@ FROM unnest(%(owners)s::text[], %(ids)s::text[], %(leases)s::uuid[]) AS h(owner,
 WHERE s.owner = h.owner AND s.id = h.id AND s.lease_token = h.lease
 RETURNING s.lease_token;
 
--- Every statement below is fenced by the lease token: no row updated means the job is no
--- longer this worker's to finish.
+-- Every statement below is fenced by the lease token: no row updated (the row count the
+-- server reports, nothing returned) means the job is no longer this worker's to finish.
 
 -- name: job_advance
 UPDATE sessions SET lifecycle = %(lifecycle)s
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-RETURNING version;
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_start_summarizing
 UPDATE sessions
 SET lifecycle = 'summarizing', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
     error = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-RETURNING version;
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_finish_parsed
 UPDATE sessions
 SET lifecycle = 'parsed', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
     error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-RETURNING version;
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_finish_summarized
 UPDATE sessions
 SET lifecycle = 'summarized', summary = %(summary)s::jsonb,
     error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-RETURNING version;
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_parse_result
 SELECT parse_result FROM sessions
@@ -143,8 +139,7 @@ UPDATE sessions
 SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
     run_after = now() + make_interval(secs => %(delay_seconds)s),
     attempts = greatest(attempts - %(refund)s, 0), error = coalesce(%(error)s, error)
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-RETURNING version;
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_fail
 -- A session that was never parsed fails its parse too; one that failed later keeps its result.
@@ -152,8 +147,7 @@ UPDATE sessions
 SET lifecycle = 'failed', error = %(error)s,
     parse_status = CASE WHEN parse_status = 'pending' THEN 'failed' ELSE parse_status END,
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-RETURNING version;
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: jobs_wake
 -- Wakes the workers for jobs given back without a re-ingest (which wakes them by itself).

@@ -113,7 +113,7 @@ class Claims:
             async with self.pool.connection() as pooled:
                 return await self._fenced(query, job, pooled, **params)
         cur = await conn.execute(query, {**job.fence, **params})
-        return await cur.fetchone() is not None
+        return cur.rowcount > 0
 
     # The stage writes take the connection the job holds for its whole run (one pool check
     # per job instead of one per write); without one they borrow from the pool.
