@@ -201,9 +201,9 @@ class ParserPool:
             try:
                 parser = await asyncio.to_thread(_Parser, self._context)
                 break
-            except OSError as exc:
+            except Exception as exc:  # jobs wait for it: keep trying, loudly
                 failures += 1
-                log.error("worker: could not start a parser process: %s; trying again", exc)
+                log.error("worker: could not start a parser process (%r); trying again", exc)
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
         if self._closed:
             parser.end()
@@ -219,8 +219,8 @@ class ParserPool:
             await asyncio.gather(*self._starting)
 
     def close(self) -> None:
-        """Stop now: parser processes still busy are ended (the jobs they worked for have been
-        given back already)."""
+        """Stop now: every parser process is ended, busy ones too (the jobs they worked for
+        have been given back already)."""
         self._closed = True
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
