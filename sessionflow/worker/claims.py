@@ -7,6 +7,7 @@ and abandons the job quietly."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,7 +53,9 @@ class Claims:
     (up to `keep`) instead of going back to the pool: a pool checkout checks the connection
     with a round trip of its own, as costly as a stage write. The runner hands them back with
     return_kept() as soon as it finds no more work, or cannot claim, so an idle worker holds
-    none and a database restart meets fresh, checked connections."""
+    none and a database restart meets fresh, checked connections. Under load that never lets
+    the queue drain, a connection still goes back to the pool once it has been out of it for
+    `keep_seconds`, so that the pool checks it and retires it at its max lifetime."""
 
     def __init__(
         self,
@@ -61,29 +64,38 @@ class Claims:
         worker_id: str,
         lease_seconds: float,
         keep: int = 0,
+        keep_seconds: float = 30.0,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self.keep = keep
-        self._kept: list[Conn] = []
+        self.keep_seconds = keep_seconds
+        self._kept: list[tuple[Conn, float]] = []  # and when it left the pool
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
         """A kept connection if there is one, else one from the pool."""
-        conn = self._kept.pop() if self._kept else await self.pool.getconn()
+        if self._kept:
+            conn, since = self._kept.pop()
+        else:
+            conn, since = await self.pool.getconn(), time.monotonic()
         try:
             yield conn
         finally:
-            reusable = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+            reusable = (
+                not conn.closed
+                and conn.info.transaction_status == TransactionStatus.IDLE
+                and time.monotonic() - since < self.keep_seconds
+            )
             if reusable and len(self._kept) < self.keep:
-                self._kept.append(conn)
-            else:  # the pool discards a broken one
+                self._kept.append((conn, since))
+            else:  # the pool checks it again, and discards a broken or expired one
                 await self.pool.putconn(conn)
 
     async def return_kept(self) -> None:
         while self._kept:
-            await self.pool.putconn(self._kept.pop())
+            await self.pool.putconn(self._kept.pop()[0])
 
     async def claim(self, limit: int) -> list[Job]:
         params = {"limit": limit, "worker": self.worker_id, "lease_seconds": self.lease_seconds}

@@ -679,3 +679,22 @@ def test_an_unknown_summarizer_is_refused_with_a_sentence(
     pool = make_pool(db_dsn, min_size=1, max_size=1, timeout=5)
     with pytest.raises(WorkerConfigError, match="SESSIONFLOW_SUMMARIZER"):
         Worker(settings, dsn=db_dsn, pool=pool, store=open_store(settings.resolved_storage_url))
+
+
+@pytest.mark.parametrize(("keep_seconds", "checkouts"), [(3600.0, 1), (0.0, 3)])
+async def test_a_kept_connection_goes_back_to_the_pool_once_kept_for_keep_seconds(
+    db_dsn: str, keep_seconds: float, checkouts: int
+) -> None:
+    pool = make_pool(db_dsn, min_size=1, max_size=2, timeout=5)
+    await pool.open(wait=True)
+    try:
+        claims = Claims(pool, worker_id="w", lease_seconds=30, keep=1, keep_seconds=keep_seconds)
+        for _ in range(3):
+            async with claims.connection() as conn:
+                await conn.execute("SELECT 1")
+        # Within keep_seconds the one connection is reused; past it, each use is a checkout
+        # the pool checks (and retires at its max lifetime).
+        assert pool.get_stats()["requests_num"] == checkouts
+        await claims.return_kept()
+    finally:
+        await pool.close()
