@@ -28,6 +28,7 @@ import psycopg
 from sessionflow.backoff import backoff_seconds
 from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
+from sessionflow.queries import Q
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class ListenLink:
         name: str,
         application_name: str,
         listen_sql: str,
-        ping_sql: str,
         on_notify: Callable[[str], None],
         on_listening: Callable[[], Coroutine[Any, Any, None]],
         ping_seconds: float,
@@ -56,7 +56,6 @@ class ListenLink:
         self.name = name  # in logs, and the `listener` label of the reconnect metric
         self.application_name = application_name  # how it shows in pg_stat_activity
         self.listen_sql = listen_sql
-        self.ping_sql = ping_sql
         self.on_notify = on_notify
         self.on_listening = on_listening
         self.ping_seconds = ping_seconds
@@ -128,7 +127,7 @@ class ListenLink:
                     self.notifications += 1
                     self.on_notify(notify.payload)
                 async with asyncio.timeout(self.ping_seconds):
-                    await conn.execute(self.ping_sql)
+                    await conn.execute(Q.listen_ping)
         finally:
             self.listening = False
             if catch_up is not None:

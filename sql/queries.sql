@@ -156,7 +156,9 @@ SELECT pg_notify('session_jobs', '');
 -- name: jobs_listen
 LISTEN session_jobs;
 
--- name: listener_ping
+-- name: listen_ping
+-- Liveness of a LISTEN connection (sessionflow/listen.py, the hub's and the worker's): a
+-- half-open link only shows itself when asked something.
 SELECT 1;
 
 -- ===== live stream: snapshots for the hub =====
@@ -164,10 +166,6 @@ SELECT 1;
 -- name: live_listen
 -- The hub's one LISTEN per server process (sessionflow/server/live.py).
 LISTEN session_lifecycle;
-
--- name: live_ping
--- Liveness of the LISTEN connection: a half-open link only shows itself when asked something.
-SELECT 1;
 
 -- name: live_snapshot
 -- What a watch is answered with, and what a resync re-reads: the batch-status shape.

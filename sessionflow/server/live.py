@@ -209,7 +209,6 @@ class LiveHub:
             name="hub",
             application_name=APPLICATION_NAME,
             listen_sql=Q.live_listen,
-            ping_sql=Q.live_ping,
             on_notify=self._dispatch,
             on_listening=self._resync,
             ping_seconds=ping_interval,

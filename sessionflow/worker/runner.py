@@ -120,7 +120,6 @@ class Worker:
             name="worker",
             application_name=LISTEN_APPLICATION_NAME,
             listen_sql=Q.jobs_listen,
-            ping_sql=Q.listener_ping,
             on_notify=lambda _payload: self.wake(),
             on_listening=self._woken_by_listen,
             ping_seconds=settings.worker_ping_seconds,

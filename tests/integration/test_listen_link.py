@@ -52,7 +52,6 @@ async def running(db_dsn: str) -> AsyncIterator[Callable[..., ListenLink]]:
             name="test",
             application_name=NAME,
             listen_sql=f"LISTEN {CHANNEL}",
-            ping_sql="SELECT 1",
             on_notify=recorder.notify,
             on_listening=recorder.caught_up,
             ping_seconds=0.5,

@@ -629,12 +629,20 @@ async def test_the_listener_reconnects_and_listens_again_when_its_connection_is_
     assert done["lifecycle"] == "summarized"
 
 
+async def upload_backlog(
+    api: httpx.AsyncClient, token: str, prefix: str, count: int, *, seed: int
+) -> list[str]:
+    """`count` small sessions queued before any worker runs; returns their ids."""
+    ids = [f"{prefix}{i}" for i in range(count)]
+    for i, session_id in enumerate(ids):
+        await upload(api, token, session_id, transcript(seed=seed + i, size=8_000))
+    return ids
+
+
 async def test_concurrent_workers_share_a_backlog_and_process_each_session_once(
     api: httpx.AsyncClient, token: str, db_dsn: str, start_worker: StartWorker
 ) -> None:
-    ids = [f"b{i}" for i in range(12)]
-    for i, session_id in enumerate(ids):
-        await upload(api, token, session_id, transcript(seed=100 + i, size=8_000))
+    ids = await upload_backlog(api, token, "b", 12, seed=100)
     workers = [await start_worker(), await start_worker(), await start_worker()]
     for session_id in ids:
         await wait_for(db_dsn, session_id)
@@ -653,9 +661,7 @@ async def test_concurrent_workers_share_a_backlog_and_process_each_session_once(
 async def test_a_busy_worker_reuses_its_connections_and_gives_them_back_when_idle(
     api: httpx.AsyncClient, token: str, db_dsn: str, start_worker: StartWorker
 ) -> None:
-    ids = [f"c{i}" for i in range(12)]
-    for i, session_id in enumerate(ids):
-        await upload(api, token, session_id, transcript(seed=200 + i, size=8_000))
+    ids = await upload_backlog(api, token, "c", 12, seed=200)
     worker = await start_worker(worker_concurrency=2)
     for session_id in ids:
         assert (await wait_for(db_dsn, session_id))["lifecycle"] == "summarized"
