@@ -99,6 +99,7 @@ def enqueue(conn: psycopg.Connection[Any], owner: str, ids: list[str], corpus: C
                     "size": size,
                     "sha256": sha256,
                     "force": True,
+                    "files": None,
                 },
             )
     return time.time()

@@ -3,7 +3,9 @@ bodies, WebSocket messages. Written once here so both sides cannot drift apart."
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -12,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 
 MAX_BATCH_IDS = 500
 MAX_ID_LENGTH = 200
+MAX_SESSION_FILES = 1000
+MAX_FILE_NAME_LENGTH = 1000
 
 
 class Lifecycle(StrEnum):
@@ -126,12 +130,45 @@ class BatchStatusResponse(BaseModel):
 
 # --- registration and upload ---------------------------------------------------------------
 
+FileRole = Literal["main", "subagent"]
+
+FileName = Annotated[
+    str,
+    StringConstraints(min_length=1),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_FILE_NAME_LENGTH}),
+]
+
+
+class SessionFile(_Strict):
+    """One file of a session: its main transcript, or the transcript of one subagent run.
+
+    name is where the file was found, relative to its project folder, for people to read; the
+    bytes are known by sha256 alone."""
+
+    name: FileName
+    role: FileRole
+    agent_id: SessionId | None = None  # a subagent run's id (Claude Code's agentId)
+    sha256: Sha256Hex
+    size: int = Field(ge=0)
+
+
+def session_digest(files: Sequence[SessionFile]) -> str:
+    """What a session's files add up to, as one sha256: equal exactly when the same contents
+    play the same parts. A session of one main transcript is that file's own sha256 (as a
+    session was before it could have several files), so nothing uploaded earlier looks
+    changed. Names are left out: moving a project folder changes nothing."""
+    if len(files) == 1 and files[0].role == "main":
+        return files[0].sha256
+    lines = sorted(f"{f.role} {f.agent_id or '-'} {f.sha256}\n" for f in files)
+    return hashlib.sha256(("sessionflow-files/1\n" + "".join(lines)).encode()).hexdigest()
+
 
 class SessionRegistration(_Strict):
     id: SessionId
-    sha256: Sha256Hex
-    size: int = Field(ge=0)
+    sha256: Sha256Hex  # session_digest(files); of a one-file session, the file's sha256
+    size: int = Field(ge=0)  # of all its files
     metadata: dict[str, Any] | None = None
+    files: list[SessionFile] | None = None  # None: one main transcript (sha256, size)
 
 
 class RegisterRequest(_Strict):
@@ -139,7 +176,22 @@ class RegisterRequest(_Strict):
 
 
 class RegisterResponse(BaseModel):
-    upload: list[str]
+    upload: list[str]  # the sessions whose files the server needs, or whose set of files changed
+    # Of the sessions in upload that listed files: the sha256s of the files this owner has
+    # not uploaded yet. The others are on the server already and need only be named.
+    missing_files: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class SessionFilesRequest(_Strict):
+    """PUT /api/sessions/{id}/files: the session is these files (each uploaded before with
+    PUT /api/files/{sha256}); a changed set queues the session again."""
+
+    files: list[SessionFile] = Field(min_length=1)
+
+
+class FileUploadResponse(BaseModel):
+    sha256: str
+    size: int
 
 
 class UploadResponse(BaseModel):
@@ -159,6 +211,8 @@ class SessionDetail(BaseModel):
     transcript_sha256: str
     transcript_size: int
     metadata: dict[str, Any] | None
+    files: list[SessionFile]
+    parser_version: int | None
     created_at: datetime
     updated_at: datetime
     queued_at: datetime | None

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sessionflow.protocol import MAX_BATCH_IDS, MAX_ID_LENGTH
+from sessionflow.protocol import MAX_BATCH_IDS, MAX_ID_LENGTH, MAX_SESSION_FILES
 
 MiB = 1024 * 1024
 
@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     max_id_length: int = Field(default=MAX_ID_LENGTH, ge=1)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=0)
     max_json_body_bytes: int = Field(default=2 * MiB, ge=1024)
-    max_transcript_bytes: int = Field(default=256 * MiB, ge=1)
+    max_transcript_bytes: int = Field(default=256 * MiB, ge=1)  # each file of a session
+    max_session_files: int = Field(default=MAX_SESSION_FILES, ge=1)  # main + subagent runs
 
     # Live stream (WebSocket) limits.
     ws_enabled: bool = True
@@ -66,6 +67,8 @@ class Settings(BaseSettings):
     worker_job_timeout_seconds: float = Field(default=900.0, gt=0)
     worker_shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     worker_parser: Literal["process", "thread"] = "process"  # where parsing runs
+    # Parse again, as background work, sessions whose result an older parser version made.
+    worker_reparse: bool = True
     serve_worker: bool = True  # `sessionflow serve` runs an in-process worker
     summarizer: str = "heuristic"
     summarize_min_user_prompts: int = Field(default=2, ge=0)

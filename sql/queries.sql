@@ -26,18 +26,30 @@ SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size,
     metadata = coalesce(EXCLUDED.metadata, session_registrations.metadata),
     registered_at = now();
 
+-- name: file_record
+-- An owner has uploaded these bytes (stored content-addressed before this runs).
+INSERT INTO transcript_files (owner, sha256, size) VALUES (%(owner)s, %(sha256)s, %(size)s)
+ON CONFLICT (owner, sha256) DO NOTHING;
+
+-- name: files_owned
+-- Which of these file contents the owner has uploaded, with their true sizes.
+SELECT sha256, size FROM transcript_files WHERE owner = %(owner)s AND sha256 = ANY(%(sha256s)s);
+
 -- name: session_ingest
--- Records a stored transcript and queues its session, unless the same bytes are already
--- there (and force is off): then no row is returned and nothing changes.
-INSERT INTO sessions AS s (owner, id, transcript_key, transcript_size, transcript_sha256, metadata)
-VALUES (%(owner)s, %(id)s, %(key)s, %(size)s, %(sha256)s,
+-- Records a session's stored files and queues it, unless the same files are already there
+-- (and force is off): then no row is returned and nothing changes. sha256 is the session's
+-- digest (protocol.session_digest); files is NULL for a session of one main transcript.
+INSERT INTO sessions AS s (owner, id, transcript_key, transcript_size, transcript_sha256,
+                           files, metadata)
+VALUES (%(owner)s, %(id)s, %(key)s, %(size)s, %(sha256)s, %(files)s::jsonb,
         (SELECT metadata FROM session_registrations WHERE owner = %(owner)s AND id = %(id)s))
 ON CONFLICT (owner, id) DO UPDATE
 SET lifecycle = 'queued', parse_status = 'pending', error = NULL,
     transcript_key = EXCLUDED.transcript_key, transcript_size = EXCLUDED.transcript_size,
-    transcript_sha256 = EXCLUDED.transcript_sha256,
+    transcript_sha256 = EXCLUDED.transcript_sha256, files = EXCLUDED.files,
     metadata = coalesce(EXCLUDED.metadata, s.metadata),
-    parse_result = NULL, summary = NULL, queued_at = now(), finished_at = NULL,
+    parse_result = NULL, parser_version = NULL, summary = NULL, queued_at = now(),
+    finished_at = NULL, priority = 0,
     attempts = 0, run_after = now(), lease_token = NULL, lease_owner = NULL,
     lease_expires_at = NULL
 WHERE %(force)s OR s.transcript_sha256 <> EXCLUDED.transcript_sha256
@@ -57,8 +69,9 @@ WHERE owner = %(owner)s AND id = ANY(ARRAY(SELECT json_array_elements_text(%(ids
 
 -- name: session_detail
 SELECT id, lifecycle, parse_status, version, error, attempts, transcript_sha256,
-       transcript_size, metadata, created_at, updated_at, queued_at, finished_at,
-       parse_result, summary
+       transcript_size, metadata,
+       session_files(files, transcript_sha256, transcript_size, metadata) AS files,
+       parser_version, created_at, updated_at, queued_at, finished_at, parse_result, summary
 FROM sessions WHERE owner = %(owner)s AND id = %(id)s;
 
 -- name: migrations_applied
@@ -68,10 +81,11 @@ SELECT name FROM schema_migrations ORDER BY name;
 
 -- name: claim_sessions
 -- Takes up to %(limit)s runnable sessions that no live lease holds (none, or one whose worker
--- stopped renewing it), oldest first, and starts a queued one downloading. Every claim counts
--- as an attempt, so a transcript that kills its worker each time still ends up failed.
--- Returns the lifecycle each was claimed in: a resumed job carries on from there, and how
--- long it waited since it became runnable (queued or due, or its last lease expired).
+-- stopped renewing it), new work before background work and oldest first, and starts a queued
+-- one downloading. Every claim counts as an attempt, so a transcript that kills its worker each
+-- time still ends up failed. Returns the lifecycle each was claimed in (a resumed job carries
+-- on from there), its files, and how long it waited since it became runnable (queued or due,
+-- or its last lease expired).
 WITH picked AS (
     SELECT owner, id, lifecycle,
            greatest(run_after, coalesce(lease_expires_at, run_after)) AS runnable_since
@@ -79,7 +93,7 @@ WITH picked AS (
     WHERE lifecycle IN ('queued', 'downloading', 'parsing', 'summarizing')
       AND run_after <= now()
       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-    ORDER BY run_after
+    ORDER BY priority, run_after
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -92,6 +106,7 @@ FROM picked
 WHERE s.owner = picked.owner AND s.id = picked.id
 RETURNING s.owner, s.id, picked.lifecycle, s.lease_token, s.attempts, s.transcript_key,
           s.transcript_sha256, s.transcript_size,
+          session_files(s.files, s.transcript_sha256, s.transcript_size, s.metadata),
           extract(epoch FROM clock_timestamp() - picked.runnable_since)::float8;
 
 -- name: extend_leases
@@ -113,13 +128,13 @@ WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 -- name: job_start_summarizing
 UPDATE sessions
 SET lifecycle = 'summarizing', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
-    error = NULL
+    parser_version = %(parser_version)s, error = NULL
 WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_finish_parsed
 UPDATE sessions
 SET lifecycle = 'parsed', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
-    error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    parser_version = %(parser_version)s, error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_finish_summarized
@@ -148,6 +163,23 @@ SET lifecycle = 'failed', error = %(error)s,
     parse_status = CASE WHEN parse_status = 'pending' THEN 'failed' ELSE parse_status END,
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+
+-- name: requeue_outdated
+-- Queues again, as background work (claimed only when no new work waits), a few finished
+-- sessions whose parse result an older parser made. Their results stay readable meanwhile;
+-- watchers see them go through the pipeline again.
+UPDATE sessions AS s
+SET lifecycle = 'queued', parse_status = 'pending', priority = 1, error = NULL,
+    queued_at = now(), finished_at = NULL, attempts = 0, run_after = now(),
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM (
+    SELECT owner, id FROM sessions
+    WHERE lifecycle IN ('parsed', 'summarized') AND coalesce(parser_version, 0) < %(version)s
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS old
+WHERE s.owner = old.owner AND s.id = old.id
+RETURNING s.id;
 
 -- name: jobs_wake
 -- Wakes the workers for jobs given back without a re-ingest (which wakes them by itself).

@@ -16,7 +16,7 @@ from sessionflow.server.deps import AppState
 from sessionflow.server.errors import install_error_handlers
 from sessionflow.server.live import LiveHub
 from sessionflow.server.requests import RequestContextMiddleware
-from sessionflow.server.routes import health, sessions, watch
+from sessionflow.server.routes import files, health, sessions, watch
 from sessionflow.server.routes import metrics as metrics_route
 from sessionflow.settings import Settings
 from sessionflow.storage import open_store
@@ -86,6 +86,7 @@ def create_app(
     if settings.metrics_enabled:
         app.include_router(metrics_route.router)
     app.include_router(sessions.router)
+    app.include_router(files.router)
     if settings.ws_enabled:
         app.include_router(watch.router)
     return app

@@ -19,8 +19,24 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from sessionflow.queries import Q
+from sessionflow.storage import transcript_key
 
 Conn = AsyncConnection[Any]
+
+
+@dataclass(frozen=True)
+class JobFile:
+    """One file of a claimed session (protocol.SessionFile, as the claim returns it)."""
+
+    name: str
+    role: str
+    agent_id: str | None
+    sha256: str
+    size: int
+
+    @property
+    def key(self) -> str:
+        return transcript_key(self.sha256)
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,7 @@ class Job:
     transcript_key: str
     transcript_sha256: str
     transcript_size: int
+    files: tuple[JobFile, ...]  # the main transcript first, then the subagent runs
     # Seconds from when the session became runnable to this claim (the pickup latency).
     waited_seconds: float = field(default=0.0, compare=False)
 
@@ -44,6 +61,17 @@ class Job:
 
     def __str__(self) -> str:
         return f"{self.owner}/{self.id} (attempt {self.attempt})"
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    owner, session_id, lifecycle, lease, attempt, key, sha256, size, files, waited = row
+    parsed = [
+        JobFile(f["name"], f["role"], f.get("agent_id"), f["sha256"], int(f["size"])) for f in files
+    ]
+    parsed.sort(key=lambda f: (f.role != "main", f.name))
+    return Job(
+        owner, session_id, lifecycle, lease, attempt, key, sha256, size, tuple(parsed), waited
+    )
 
 
 class Claims:
@@ -102,7 +130,14 @@ class Claims:
         async with self.connection() as conn:
             cur = await conn.execute(Q.claim_sessions, params)
             rows = await cur.fetchall()
-        return [Job(*row) for row in rows]
+        return [_job(row) for row in rows]
+
+    async def requeue_outdated(self, version: int, limit: int) -> int:
+        """Queue again, as background work, up to limit sessions parsed by an older parser;
+        returns how many."""
+        async with self.connection() as conn:
+            cur = await conn.execute(Q.requeue_outdated, {"version": version, "limit": limit})
+            return len(await cur.fetchall())
 
     async def extend(self, jobs: list[Job]) -> set[uuid.UUID]:
         """Renew the leases of jobs; returns the leases still held."""
@@ -137,7 +172,13 @@ class Claims:
     # Results arrive as JSON text, encoded off the event loop: they can be large.
 
     async def start_summarizing(
-        self, job: Job, parse_status: str, parse_result: str, *, conn: Conn | None = None
+        self,
+        job: Job,
+        parse_status: str,
+        parse_result: str,
+        parser_version: int,
+        *,
+        conn: Conn | None = None,
     ) -> bool:
         return await self._fenced(
             Q.job_start_summarizing,
@@ -145,13 +186,25 @@ class Claims:
             conn,
             parse_status=parse_status,
             parse_result=parse_result,
+            parser_version=parser_version,
         )
 
     async def finish_parsed(
-        self, job: Job, parse_status: str, parse_result: str, *, conn: Conn | None = None
+        self,
+        job: Job,
+        parse_status: str,
+        parse_result: str,
+        parser_version: int,
+        *,
+        conn: Conn | None = None,
     ) -> bool:
         return await self._fenced(
-            Q.job_finish_parsed, job, conn, parse_status=parse_status, parse_result=parse_result
+            Q.job_finish_parsed,
+            job,
+            conn,
+            parse_status=parse_status,
+            parse_result=parse_result,
+            parser_version=parser_version,
         )
 
     async def finish_summarized(self, job: Job, summary: str, *, conn: Conn | None = None) -> bool:

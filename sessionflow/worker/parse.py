@@ -21,6 +21,10 @@ from pydantic import BaseModel, Field
 
 from sessionflow.transcript import DEFAULT_MAX_LINE_BYTES, EVENT_TYPES, load_object, read_lines
 
+# Bumped whenever a change to the parser changes what it makes of a transcript: a worker parses
+# again, in the background, every session whose result an older version made.
+PARSER_VERSION = 2
+
 MAX_FILES_KEPT = 200
 MAX_PROMPT_CHARS = 500
 MAX_SUMMARY_CHARS = 500
@@ -75,6 +79,7 @@ class ParseResult(BaseModel):
     """What a transcript says about its session. Stored as jsonb and returned by the API."""
 
     parse_status: Literal["ok", "partial"]
+    parser_version: int = PARSER_VERSION
 
     session_id: str | None = None
     cwd: str | None = None
@@ -113,35 +118,74 @@ def parse_file(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> P
 def parse_transcript(
     lines: Iterable[bytes], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> ParseResult:
-    """Aggregate a transcript given as raw lines (bytes, with or without their newline).
-
-    Raises TranscriptError when no line is a Claude Code event. Lines that are not JSON
-    objects, or longer than max_line_bytes, are skipped and counted; the result is then
-    "partial". Pass lines from read_lines() so an over-long line is not loaded at all."""
-    acc = _Accumulator()
-    blank = too_long = 0
-    for number, raw in enumerate(lines, start=1):
-        acc.lines_total = number
-        line = raw.rstrip(b"\r\n")
-        if len(line) > max_line_bytes:
-            too_long += 1
-            acc.skip(number)
-            continue
-        if not line.strip():
-            blank += 1
-            continue
-        event = load_object(line)
-        if event is None:
-            acc.skip(number)
-        else:
-            acc.feed(event)
-    if acc.events == 0:
-        raise TranscriptError(_not_a_transcript(acc, blank, too_long, max_line_bytes))
-    return acc.result()
+    """Aggregate a session of one main transcript given as raw lines (bytes, with or without
+    their newline). See SessionParser."""
+    parser = SessionParser(max_line_bytes=max_line_bytes)
+    parser.feed(lines, name="transcript.jsonl", role="main")
+    return parser.result()
 
 
-def _not_a_transcript(acc: _Accumulator, blank: int, too_long: int, max_line_bytes: int) -> str:
-    content_lines = acc.lines_total - blank
+class SessionParser:
+    """A session's files, fed one after the other (the main transcript first, then each
+    subagent run), aggregated into one ParseResult.
+
+    Raises TranscriptError when the main transcript holds no Claude Code event (or, without
+    one, no file does). Lines that are not JSON objects, or longer than max_line_bytes, are
+    skipped and counted; the result is then "partial". Pass lines from read_lines() so an
+    over-long line is not loaded at all."""
+
+    def __init__(self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.acc = _Accumulator()
+        self.main_seen = False
+
+    def feed(
+        self,
+        lines: Iterable[bytes],
+        *,
+        name: str,
+        role: Literal["main", "subagent"],
+        agent_id: str | None = None,
+    ) -> None:
+        acc = self.acc
+        events_before = acc.events
+        offset = acc.lines_total
+        blank = too_long = 0
+        for number, raw in enumerate(lines, start=1):
+            acc.lines_total = offset + number
+            line = raw.rstrip(b"\r\n")
+            if len(line) > self.max_line_bytes:
+                too_long += 1
+                acc.skip(offset + number)
+                continue
+            if not line.strip():
+                blank += 1
+                continue
+            event = load_object(line)
+            if event is None:
+                acc.skip(offset + number)
+            else:
+                acc.feed(event)
+        if role == "main":
+            self.main_seen = True
+            if acc.events == events_before:
+                raise TranscriptError(
+                    _not_a_transcript(
+                        acc.lines_total - offset, blank, too_long, self.max_line_bytes
+                    )
+                )
+
+    def result(self) -> ParseResult:
+        if self.acc.events == 0:
+            raise TranscriptError(
+                "None of the session's files holds a Claude Code event; upload the session's "
+                ".jsonl files from ~/.claude/projects/."
+            )
+        return self.acc.result()
+
+
+def _not_a_transcript(lines_total: int, blank: int, too_long: int, max_line_bytes: int) -> str:
+    content_lines = lines_total - blank
     if content_lines == 0:
         return (
             "The file is empty: a Claude Code transcript has one JSON event per line; "

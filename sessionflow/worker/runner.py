@@ -33,6 +33,7 @@ from sessionflow.queries import Q
 from sessionflow.settings import Settings
 from sessionflow.storage import ObjectStore
 from sessionflow.worker.claims import Claims, Job
+from sessionflow.worker.parse import PARSER_VERSION
 from sessionflow.worker.parsers import ParserPool
 from sessionflow.worker.stages import (
     JobLost,
@@ -277,10 +278,28 @@ class Worker:
                 self._launch(job)
             if len(jobs) == free:
                 continue  # there may be more: claim again as soon as a slot frees
+            if await self._requeue_outdated(free - len(jobs)):
+                continue  # background work for the free slots: claim it now
             await self.claims.return_kept()  # the queue is drained: hold no connections idle
             with contextlib.suppress(TimeoutError):
                 # The safety poll: NOTIFY only wakes, and expired leases notify no one.
                 await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_seconds)
+
+    async def _requeue_outdated(self, free: int) -> int:
+        """With no new work waiting, queue again up to free sessions whose parse result an
+        older parser made (see PARSER_VERSION); returns how many."""
+        if not self.settings.worker_reparse or self._stopping:
+            return 0
+        try:
+            count = await self.claims.requeue_outdated(PARSER_VERSION, free)
+        except _DB_ERRORS as exc:
+            log.warning("worker: could not look for outdated results: %s", first_line(exc))
+            return 0
+        if count:
+            log.info(
+                "worker: parsing %d session(s) again with parser version %d", count, PARSER_VERSION
+            )
+        return count
 
     def _launch(self, job: Job) -> None:
         task = asyncio.create_task(self._handle(job), name=f"job {job}")

@@ -18,10 +18,10 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypeVar, cast
+from typing import IO, Any, BinaryIO, Literal, TypeVar, cast
 
 import psycopg
 import psycopg_pool
@@ -31,8 +31,8 @@ from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
 from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError
 from sessionflow.transcript import read_lines
-from sessionflow.worker.claims import Claims, Conn, Job
-from sessionflow.worker.parse import ParseResult, TranscriptError, parse_transcript
+from sessionflow.worker.claims import Claims, Conn, Job, JobFile
+from sessionflow.worker.parse import ParseResult, SessionParser, TranscriptError
 from sessionflow.worker.parsers import ParserCrashed, ParserPool
 from sessionflow.worker.summarize import HeuristicSummarizer, Summarizer, should_summarize
 
@@ -66,9 +66,9 @@ def _checked(chunks: Iterable[bytes], cancel: threading.Event) -> Iterator[bytes
         yield chunk
 
 
-def download(store: ObjectStore, job: Job, target: Path, cancel: threading.Event) -> None:
-    """Copy the job's transcript from a remote store to a local file."""
-    with store.open(job.transcript_key) as src, target.open("wb") as out:
+def download(store: ObjectStore, key: str, target: Path, cancel: threading.Event) -> None:
+    """Copy one stored file from a remote store to a local file."""
+    with store.open(key) as src, target.open("wb") as out:
         for chunk in _checked(iter(functools.partial(src.read, _COPY_CHUNK), b""), cancel):
             out.write(chunk)
 
@@ -82,9 +82,10 @@ def scratch_file(scratch_dir: Path) -> Path:
     return Path(name)
 
 
-def discard(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def _discard_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 class _Hashing:
@@ -100,32 +101,41 @@ class _Hashing:
         return line
 
 
-def parse_path(
-    path: Path, job: Job, max_line_bytes: int, cancel: threading.Event | None = None
+def parse_files(
+    files: Sequence[tuple[JobFile, Path]],
+    max_line_bytes: int,
+    cancel: threading.Event | None = None,
 ) -> tuple[ParseResult, str]:
-    """Parse a transcript line by line (memory follows the result and the longest line, not
-    the file), checking on the way that the bytes are the ones uploaded; returns the result
-    and its JSON. Runs in a parser process or thread (cancel: only a thread can be told to
-    give up)."""
-    try:
-        stream = path.open("rb")
-    except FileNotFoundError as exc:
-        raise ObjectNotFound(f"the stored transcript {path} is missing") from exc
-    except OSError as exc:
-        raise StorageError(f"could not read {path}: {exc.strerror}") from exc
-    hashing = _Hashing(stream)
-    with stream:
-        lines: Iterable[bytes] = read_lines(cast(IO[bytes], hashing), max_line_bytes)
-        if cancel is not None:
-            lines = _checked(lines, cancel)
-        result = parse_transcript(lines, max_line_bytes=max_line_bytes)
-    actual = hashing.hasher.hexdigest()
-    if actual != job.transcript_sha256:
-        raise PermanentError(
-            f"the stored transcript {job.transcript_key} is damaged (its sha256 is {actual}, "
-            f"not {job.transcript_sha256}); upload the session again with force to replace it"
-        )
+    """Parse a session's files line by line (memory follows the result and the longest line,
+    not the files), checking on the way that the bytes are the ones uploaded; returns the
+    result and its JSON. Runs in a parser process or thread (cancel: only a thread can be told
+    to give up)."""
+    parser = SessionParser(max_line_bytes=max_line_bytes)
+    for file, path in files:
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"the stored file {file.key} ({file.name}) is missing") from exc
+        except OSError as exc:
+            raise StorageError(f"could not read {path}: {exc.strerror}") from exc
+        hashing = _Hashing(stream)
+        with stream:
+            lines: Iterable[bytes] = read_lines(cast(IO[bytes], hashing), max_line_bytes)
+            if cancel is not None:
+                lines = _checked(lines, cancel)
+            parser.feed(lines, name=file.name, role=_role(file.role), agent_id=file.agent_id)
+        actual = hashing.hasher.hexdigest()
+        if actual != file.sha256:
+            raise PermanentError(
+                f"the stored file {file.key} ({file.name}) is damaged (its sha256 is {actual}, "
+                f"not {file.sha256}); upload the session again with --force to replace it"
+            )
+    result = parser.result()
     return result, result.model_dump_json()
+
+
+def _role(role: str) -> Literal["main", "subagent"]:
+    return "main" if role == "main" else "subagent"
 
 
 class Pipeline:
@@ -189,21 +199,10 @@ class Pipeline:
             if stored is not None:
                 return await self._summarize(job, stored, conn)
 
-        scratch: Path | None = None
+        scratch: list[Path] = []
         try:
             started = time.perf_counter()
-            if isinstance(self.store, LocalStore):
-                # Already on this machine: read in place (stored files never change).
-                path = self.store.root / job.transcript_key
-                # A stat of a local file: cheaper inline than a hop to a thread and back.
-                if not self.store.exists(job.transcript_key):
-                    raise ObjectNotFound(
-                        f"the stored transcript {job.transcript_key} is missing from "
-                        f"{self.store.url}"
-                    )
-            else:
-                path = scratch = await self._blocking(scratch_file, self.scratch_dir)
-                await self._blocking(download, self.store, job, scratch, cancel)
+            files = await self._local_files(job, scratch, cancel)
             self._observe("download", started)
             if job.lifecycle in ("queued", "downloading"):
                 await _fenced(self.claims.advance(job, "parsing", conn=conn))
@@ -211,7 +210,7 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 result, encoded = await self.parsers.run(
-                    parse_path, path, job, self.max_line_bytes, cancel if in_thread else None
+                    parse_files, files, self.max_line_bytes, cancel if in_thread else None
                 )
                 self._observe("parse", started)
             except TranscriptError as exc:
@@ -219,18 +218,42 @@ class Pipeline:
             except ParserCrashed as exc:
                 raise TransientError(str(exc)) from exc
         finally:
-            if scratch is not None:
-                # In the executor even when cancelled: the file goes whatever happens here.
-                await asyncio.shield(self._blocking(discard, scratch))
+            if scratch:
+                # In the executor even when cancelled: the files go whatever happens here.
+                await asyncio.shield(self._blocking(_discard_all, scratch))
 
         if job.lifecycle == "summarizing":  # resumed, with no usable stored result
             return await self._summarize(job, result, conn)
-        status = result.parse_status
+        status, version = result.parse_status, result.parser_version
         if not should_summarize(result, self.min_user_prompts):
-            await _fenced(self.claims.finish_parsed(job, status, encoded, conn=conn))
+            await _fenced(self.claims.finish_parsed(job, status, encoded, version, conn=conn))
             return "parsed"
-        await _fenced(self.claims.start_summarizing(job, status, encoded, conn=conn))
+        await _fenced(self.claims.start_summarizing(job, status, encoded, version, conn=conn))
         return await self._summarize(job, result, conn)
+
+    async def _local_files(
+        self, job: Job, scratch: list[Path], cancel: threading.Event
+    ) -> list[tuple[JobFile, Path]]:
+        """Each of the job's files as a local path: in place in a local store (stored files
+        never change), else downloaded to scratch files (listed in scratch for the caller to
+        remove)."""
+        if isinstance(self.store, LocalStore):
+            local: list[tuple[JobFile, Path]] = []
+            for file in job.files:
+                # A stat of a local file: cheaper inline than a hop to a thread and back.
+                if not self.store.exists(file.key):
+                    raise ObjectNotFound(
+                        f"the stored file {file.key} ({file.name}) is missing from {self.store.url}"
+                    )
+                local.append((file, self.store.root / file.key))
+            return local
+        downloaded = []
+        for file in job.files:
+            path = await self._blocking(scratch_file, self.scratch_dir)
+            scratch.append(path)
+            await self._blocking(download, self.store, file.key, path, cancel)
+            downloaded.append((file, path))
+        return downloaded
 
     async def _stored_result(self, job: Job, conn: Conn) -> ParseResult | None:
         """The parse result an earlier attempt stored before it died in summarizing."""

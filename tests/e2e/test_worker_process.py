@@ -115,6 +115,7 @@ class Workers:
                     "size": len(data),
                     "sha256": sha256,
                     "force": False,
+                    "files": None,
                 },
             )
 

@@ -66,7 +66,7 @@ async def test_register_asks_only_for_unknown_or_changed_transcripts(
     }
     response = await api.post("/api/sessions", json=body, headers=auth(token))
     assert response.status_code == 200
-    assert response.json() == {"upload": ["changed", "new"]}
+    assert response.json() == {"upload": ["changed", "new"], "missing_files": {}}
 
 
 async def test_register_keeps_metadata_for_the_upload(

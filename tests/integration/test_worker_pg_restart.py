@@ -73,6 +73,7 @@ def enqueue(dsn: str, store: ObjectStore, session_id: str, data: bytes, tmp_path
                 "size": len(data),
                 "sha256": sha256,
                 "force": False,
+                "files": None,
             },
         )
 

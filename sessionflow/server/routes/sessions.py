@@ -1,36 +1,41 @@
-"""/api/sessions: register, upload transcripts, read one session, and the batch-status poll."""
+"""/api/sessions: register, upload transcripts, name a session's files, read one session, and
+the batch-status poll."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Query, Request, Response
 from psycopg.types.json import Jsonb
 
 from sessionflow.protocol import (
+    MAX_FILE_NAME_LENGTH,
     BatchStatusRequest,
     BatchStatusResponse,
     ErrorBody,
     RegisterRequest,
     RegisterResponse,
     SessionDetail,
+    SessionFile,
+    SessionFilesRequest,
     UploadResponse,
     is_valid_session_id,
     lookup_id_problem,
+    session_digest,
 )
 from sessionflow.queries import Q
 from sessionflow.server.bodies import documented_body, read_json
 from sessionflow.server.deps import Owner, State
 from sessionflow.server.errors import ApiError, bad_request, not_found
-from sessionflow.server.ingest import discard, receive_transcript
+from sessionflow.server.uploads import TRANSCRIPT_BODY, store_upload
+from sessionflow.settings import Settings
 from sessionflow.storage import transcript_key
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415)
 }
 
 
@@ -81,13 +86,15 @@ async def register_sessions(request: Request, state: State, owner: Owner) -> Reg
         if item.id in seen:
             raise bad_request(f"session {item.id!r} appears twice in one request")
         seen.add(item.id)
-        if item.size > settings.max_transcript_bytes:
-            raise ApiError(
-                413,
-                "too_large",
-                f"session {item.id!r} is {item.size} bytes; the limit is "
-                f"{settings.max_transcript_bytes}",
-            )
+        if item.files is None:
+            _check_file_size(item.id, item.size, settings)
+        else:
+            _check_files(item.id, item.files, settings)
+            if item.sha256 != session_digest(item.files):
+                raise bad_request(
+                    f"session {item.id!r}: sha256 must be the digest of its files "
+                    "(sessionflow.protocol.session_digest)"
+                )
         if item.metadata is not None:
             if _holds_nul(item.metadata):
                 raise bad_request(
@@ -116,21 +123,72 @@ async def register_sessions(request: Request, state: State, owner: Owner) -> Reg
                 "metadatas": metadatas,
             },
         )
-    return RegisterResponse(
-        upload=[item.id for item in body.sessions if stored.get(item.id) != item.sha256]
-    )
+        wanted = [item for item in body.sessions if stored.get(item.id) != item.sha256]
+        listed = {f.sha256 for item in wanted for f in item.files or ()}
+        owned: set[str] = set()
+        if listed:
+            cur = await conn.execute(Q.files_owned, {"owner": owner, "sha256s": list(listed)})
+            owned = {row[0] for row in await cur.fetchall()}
+    missing = {
+        item.id: list(dict.fromkeys(f.sha256 for f in item.files if f.sha256 not in owned))
+        for item in wanted
+        if item.files is not None
+    }
+    return RegisterResponse(upload=[item.id for item in wanted], missing_files=missing)
+
+
+def _check_file_size(session_id: str, size: int, settings: Settings) -> None:
+    if size > settings.max_transcript_bytes:
+        raise ApiError(
+            413,
+            "too_large",
+            f"a file of session {session_id!r} is {size} bytes; the limit is "
+            f"{settings.max_transcript_bytes} (SESSIONFLOW_MAX_TRANSCRIPT_BYTES)",
+        )
+
+
+def _check_files(session_id: str, files: list[SessionFile], settings: Settings) -> None:
+    """What a session's list of files must be: within the limits, at most one main transcript,
+    and each subagent run named once."""
+    if len(files) > settings.max_session_files:
+        raise bad_request(
+            f"session {session_id!r} lists {len(files)} files; the limit is "
+            f"{settings.max_session_files} (SESSIONFLOW_MAX_SESSION_FILES)"
+        )
+    mains = 0
+    agents: set[str] = set()
+    for f in files:
+        _check_file_size(session_id, f.size, settings)
+        if len(f.name) > MAX_FILE_NAME_LENGTH or "\x00" in f.name:
+            raise bad_request(
+                f"session {session_id!r}: a file name is over {MAX_FILE_NAME_LENGTH} "
+                "characters or holds a NUL character"
+            )
+        if f.role == "main":
+            mains += 1
+            if f.agent_id is not None:
+                raise bad_request(f"session {session_id!r}: the main transcript has an agent_id")
+        elif f.agent_id is None:
+            raise bad_request(
+                f"session {session_id!r}: subagent file {f.name[:100]!r} needs its agent_id"
+            )
+        elif not is_valid_session_id(f.agent_id, settings.max_id_length):
+            raise bad_request(f"session {session_id!r}: invalid agent_id {f.agent_id[:60]!r}")
+        elif f.agent_id in agents:
+            raise bad_request(
+                f"session {session_id!r}: subagent run {f.agent_id!r} is listed twice"
+            )
+        else:
+            agents.add(f.agent_id)
+    if mains > 1:
+        raise bad_request(f"session {session_id!r} lists {mains} main transcripts; at most 1")
 
 
 @router.put(
     "/{session_id}/transcript",
     response_model=UploadResponse,
     responses=_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}},
-        }
-    },
+    openapi_extra=TRANSCRIPT_BODY,
 )
 async def upload_transcript(
     session_id: str,
@@ -139,53 +197,87 @@ async def upload_transcript(
     owner: Owner,
     force: bool = Query(default=False, description="re-queue even if the bytes are unchanged"),
 ) -> UploadResponse:
-    """Store a transcript (plain or gzip) and queue its session, in one transaction."""
+    """Store a session of one file, its main transcript (plain or gzip), and queue it, in one
+    transaction."""
+    _check_session_id(session_id, state.settings.max_id_length)
+    sha256, size = await store_upload(request, state, owner, expected=None)
+    return await _ingest(
+        state,
+        owner,
+        session_id,
+        key=transcript_key(sha256),
+        size=size,
+        sha256=sha256,
+        files=None,
+        force=force,
+    )
+
+
+@router.put(
+    "/{session_id}/files",
+    response_model=UploadResponse,
+    responses=_ERRORS,
+    openapi_extra=documented_body(SessionFilesRequest),
+)
+async def put_session_files(
+    session_id: str,
+    request: Request,
+    state: State,
+    owner: Owner,
+    force: bool = Query(default=False, description="re-queue even if the files are unchanged"),
+) -> UploadResponse:
+    """Say which files a session is made of (each uploaded before with PUT /api/files/{sha256});
+    a changed set of files queues the session again."""
     settings = state.settings
     _check_session_id(session_id, settings.max_id_length)
-    declared = request.headers.get("x-content-sha256", "").strip().lower()
-    if len(declared) != 64 or any(c not in "0123456789abcdef" for c in declared):
-        raise bad_request("send X-Content-SHA256: the hex sha256 of the uncompressed transcript")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip"):
-        raise ApiError(415, "unsupported_media_type", "Content-Encoding must be gzip or absent")
-    length = request.headers.get("content-length")
-    if (
-        encoding == "identity"
-        and length
-        and length.isdigit()
-        and int(length) > settings.max_transcript_bytes
-    ):
+    body = await read_json(request, SessionFilesRequest, settings.max_json_body_bytes)
+    _check_files(session_id, body.files, settings)
+    shas = list({f.sha256 for f in body.files})
+    async with state.pool.connection() as conn:
+        cur = await conn.execute(Q.files_owned, {"owner": owner, "sha256s": shas})
+        owned: dict[str, int] = dict(await cur.fetchall())
+    missing = [sha for sha in shas if sha not in owned]
+    if missing:
         raise ApiError(
-            413,
-            "too_large",
-            f"the transcript is over the {settings.max_transcript_bytes}-byte limit",
+            409,
+            "files_missing",
+            f"{len(missing)} of the session's files are not uploaded yet (first: {missing[0]}); "
+            "send each with PUT /api/files/{sha256}, then name them again",
         )
-
-    received = await receive_transcript(
-        request.stream(),
-        gzipped=encoding == "gzip",
-        limit=settings.max_transcript_bytes,
-        staging=state.store.staging_dir(),
+    # The sizes the server measured, not the ones the client claims.
+    files = [f.model_copy(update={"size": owned[f.sha256]}) for f in body.files]
+    main = next((f for f in files if f.role == "main"), files[0])
+    return await _ingest(
+        state,
+        owner,
+        session_id,
+        key=transcript_key(main.sha256),
+        size=sum(f.size for f in files),
+        sha256=session_digest(files),
+        files=None if len(files) == 1 and main.role == "main" else files,
+        force=force,
     )
-    try:
-        if received.sha256 != declared:
-            raise bad_request(
-                f"the transcript's sha256 is {received.sha256}, not the {declared} that "
-                "X-Content-SHA256 declared; the upload was damaged or the header is wrong"
-            )
-        key = transcript_key(received.sha256)
-        # Stored before it is recorded: a crash in between leaves an orphan blob, never a
-        # session that points at nothing.
-        await anyio.to_thread.run_sync(state.store.put_file, key, received.path)
-    finally:
-        discard(received.path)
 
+
+async def _ingest(
+    state: State,
+    owner: str,
+    session_id: str,
+    *,
+    key: str,
+    size: int,
+    sha256: str,
+    files: list[SessionFile] | None,
+    force: bool,
+) -> UploadResponse:
+    """Record a session's stored files and queue it (unless nothing changed and not force)."""
     params = {
         "owner": owner,
         "id": session_id,
         "key": key,
-        "size": received.size,
-        "sha256": received.sha256,
+        "size": size,
+        "sha256": sha256,
+        "files": None if files is None else json.dumps([f.model_dump() for f in files]),
         "force": force,
     }
     async with state.pool.connection() as conn, conn.transaction():
