@@ -30,6 +30,30 @@ _BASE_MS = int(datetime(2025, 6, 2, 8, 0, tzinfo=UTC).timestamp() * 1000)
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _MODELS = ("claude-sonnet-4-20250514", "claude-opus-4-1-20250805", "claude-sonnet-4-5-20250929")
 _VERSIONS = ("1.0.72", "1.0.83", "1.0.98", "2.0.14")
+# With subagent runs, one version of each layout Claude Code writes them in: inline sidechain
+# lines (1.x), agent-<id>.jsonl beside the session (2.0.x), <session>/subagents/ (2.1.x).
+_RUN_VERSIONS = ("1.0.98", "2.0.76", "2.1.39")
+_RUN_MODEL = "claude-haiku-4-5-20251001"
+_TASKS = (
+    (
+        "Find the callers",
+        "Find every caller of {file} and list them with their line numbers.",
+        "general-purpose",
+    ),
+    (
+        "Explore the tests",
+        "Read the tests that cover {file} and say what they leave out.",
+        "Explore",
+    ),
+    (
+        "Check the config",
+        "Check how {file} reads its configuration and report any default "
+        "that differs from the README.",
+        "general-purpose",
+    ),
+    ("Review the diff", "Review the changes to {file} on this branch for bugs.", "code-reviewer"),
+)
+_RUN_TOOLS = ("Read", "Grep", "Glob", "Bash")
 _TOKEN_TABLE = (_ALPHABET * 5)[:256].encode("ascii")
 
 
@@ -281,27 +305,103 @@ _PLACEHOLDER = re.compile(r"\\u0000(\d+)\\u0000")
 class _Session:
     """The state a transcript's events share: ids, the clock, the running context size."""
 
-    def __init__(self, rng: random.Random, project: Project, session_id: str, start_ms: int):
+    def __init__(
+        self,
+        rng: random.Random,
+        project: Project,
+        session_id: str,
+        start_ms: int,
+        *,
+        runs: list[SubagentRun] | None = None,
+        run_of: _Session | None = None,
+        agent_id: str | None = None,
+    ):
+        """runs: where the session's subagent runs go (None: it starts none). run_of: the
+        session a subagent run belongs to (this is then the run, with agent_id in 2.x)."""
         self.rng = rng
         self.project = project
         self.session_id = session_id
         self.now = start_ms
         self.parent: str | None = None
-        self.branch = rng.choice(project.branches)
-        self.version = rng.choice(_VERSIONS)
-        self.model = rng.choices(_MODELS, weights=(6, 2, 3))[0]
+        self.runs = runs
+        if run_of is None:
+            self.branch = rng.choice(project.branches)
+            self.version = rng.choice(_VERSIONS)
+            if runs is not None:
+                self.version = rng.choice(_RUN_VERSIONS)
+            self.model = rng.choices(_MODELS, weights=(6, 2, 3))[0]
+        else:
+            self.branch, self.version, self.model = run_of.branch, run_of.version, _RUN_MODEL
         self.context = _rand(rng, 8_000, 20_000)  # tokens already cached at the start
         self.raw: list[str] = []
         # The fields every event of the session repeats, encoded once.
-        shared = {
-            "isSidechain": False,
+        shared: dict[str, Any] = {
+            "isSidechain": run_of is not None,
             "userType": "external",
             "cwd": project.cwd,
             "sessionId": session_id,
             "version": self.version,
             "gitBranch": self.branch,
         }
+        if agent_id is not None:
+            shared["agentId"] = agent_id
         self.shared = json.dumps(shared, ensure_ascii=False, separators=(",", ":"))[1:-1]
+
+    @property
+    def layout(self) -> str:
+        return self.version.split(".")[0] + "." + self.version.split(".")[1]
+
+    def subagent(self) -> tuple[_Session, str | None]:
+        """A subagent run this session starts now, and its agent id (2.x names runs)."""
+        agent_id = None
+        if self.layout != "1.0":
+            agent_id = self.rng.randbytes(4).hex()[: 8 if self.layout == "2.0" else 7]
+            if self.layout == "2.1":
+                agent_id = "a" + agent_id[:6]
+        run = _Session(
+            self.rng, self.project, self.session_id, self.now, run_of=self, agent_id=agent_id
+        )
+        return run, agent_id
+
+    def warmup_run(self) -> None:
+        """The two-line "Warmup" run Claude Code 2.0 wrote for each session it started."""
+        assert self.runs is not None
+        run, agent_id = self.subagent()
+        assert agent_id is not None
+        lines = [run.event("user", 0, message={"role": "user", "content": "Warmup"})]
+        lines += run.assistant([{"type": "text", "text": "I'm ready to help."}])
+        self.runs.append(SubagentRun(agent_id, self.layout, lines))
+
+    def task_call(self) -> tuple[dict[str, Any], list[bytes], tuple[str, dict[str, Any]]]:
+        """A Task tool_use, the subagent run it starts (its lines, for a 1.x transcript to
+        carry inline; 2.x runs go to self.runs), and the tool result the session gets back."""
+        assert self.runs is not None
+        rng = self.rng
+        description, prompt, kind = rng.choice(_TASKS)
+        prompt = prompt.replace("{file}", rng.choice(self.project.files))
+        block: dict[str, Any] = {"type": "tool_use", "id": _token(rng, "toolu_01", 22)}
+        block["name"] = "Task"
+        block["input"] = {"description": description, "prompt": prompt, "subagent_type": kind}
+        started = self.now
+        run, agent_id = self.subagent()
+        lines = [run.event("user", 10, message={"role": "user", "content": prompt})]
+        steps = _rand(rng, 1, 4)
+        for _ in range(steps):
+            run.raw.clear()
+            call, result = run.tool_call(2_000, names=_RUN_TOOLS)
+            lines += run.assistant([call])
+            lines.append(run.tool_result(call["id"], result, False))
+        answer = rng.choice(_ASSISTANT_TEXTS)
+        lines += run.assistant([{"type": "text", "text": answer}])
+        self.now = run.now
+        details: dict[str, Any] = {"content": [{"type": "text", "text": answer}]}
+        if agent_id is not None:
+            details = {"status": "completed", "prompt": prompt, "agentId": agent_id, **details}
+            self.runs.append(SubagentRun(agent_id, self.layout, lines))
+            lines = []
+        details["totalDurationMs"] = self.now - started
+        details["totalToolUseCount"] = steps
+        return block, lines, (answer, details)
 
     def text(self, escaped: str) -> str:
         """A placeholder for text already escaped for JSON, which dumps() puts in place:
@@ -384,15 +484,20 @@ class _Session:
             toolUseResult=details,
         )
 
-    def tool_call(self, output_size: int) -> tuple[dict[str, Any], tuple[str, dict[str, Any]]]:
+    def tool_call(
+        self, output_size: int, names: tuple[str, ...] | None = None
+    ) -> tuple[dict[str, Any], tuple[str, dict[str, Any]]]:
         """A tool_use block, and the content and toolUseResult details its result carries."""
         rng = self.rng
         cwd = self.project.cwd
         path = f"{cwd}/{rng.choice(self.project.files)}"
-        name = rng.choices(
-            ("Read", "Edit", "Bash", "Grep", "Write", "MultiEdit", "Glob", "TodoWrite"),
-            weights=(30, 20, 18, 10, 5, 3, 6, 4),
-        )[0]
+        if names is None:
+            name = rng.choices(
+                ("Read", "Edit", "Bash", "Grep", "Write", "MultiEdit", "Glob", "TodoWrite"),
+                weights=(30, 20, 18, 10, 5, 3, 6, 4),
+            )[0]
+        else:
+            name = rng.choice(names)
         tool_input: dict[str, Any]
         details: dict[str, Any] = {}
         if name == "Read":
@@ -455,14 +560,34 @@ class _Session:
             if rng.random() < 0.6:
                 blocks.append({"type": "text", "text": rng.choice(_ASSISTANT_TEXTS)})
             calls = [self.tool_call(output_size) for _ in range(rng.choice((1, 1, 1, 2, 3)))]
+            inline: list[bytes] = []
+            if self.runs is not None and rng.random() < 0.15:
+                task, inline, task_result = self.task_call()
+                calls.append((task, task_result))
             blocks.extend(block for block, _ in calls)
             yield from self.assistant(blocks)
+            yield from inline  # a 1.x subagent run, written inside the session
             for block, result in calls:
                 yield self.tool_result(block["id"], result, rng.random() < 0.03)
         yield from self.assistant([{"type": "text", "text": rng.choice(_ASSISTANT_TEXTS)}])
 
     def prompt(self, pool: tuple[str, ...]) -> str:
         return self.rng.choice(pool).replace("{file}", self.rng.choice(self.project.files))
+
+
+@dataclass(frozen=True)
+class SubagentRun:
+    """A subagent run of a 2.x session, written to a file of its own."""
+
+    agent_id: str
+    layout: str  # "2.0": agent-<id>.jsonl beside the session; "2.1": <session>/subagents/
+    lines: list[bytes]
+
+    def path(self, project_dir: Path, session_id: str) -> Path:
+        name = f"agent-{self.agent_id}.jsonl"
+        if self.layout == "2.1":
+            return project_dir / session_id / "subagents" / name
+        return project_dir / name
 
 
 def iter_transcript_lines(
@@ -473,17 +598,22 @@ def iter_transcript_lines(
     project: Project | None = None,
     start_ms: int | None = None,
     single_prompt: bool = False,
+    runs: list[SubagentRun] | None = None,
 ) -> Iterator[bytes]:
     """The lines (each ending in a newline) of one transcript of about target_size bytes:
     prompts, assistant messages with text and tool_use blocks, tool results, usage, now and
     then a summary line, a meta caveat or a file-history snapshot. single_prompt: one prompt
     and its answer only, a session too short to summarize. Lazy, so a benchmark can stream
-    a transcript of any size."""
+    a transcript of any size. runs: given a list, the session starts subagent runs now and
+    then, in the layout of its Claude Code version (chosen among 1.x, 2.0.x and 2.1.x): a 1.x
+    run is written inline, 2.x runs are appended to runs (with, in 2.0.x, a Warmup run)."""
     project = project or rng.choice(PROJECTS)
     session_id = session_id or _uuid(rng)
     if start_ms is None:
         start_ms = _BASE_MS + _rand(rng, 0, 60 * 24 * 3600 * 1000)
-    session = _Session(rng, project, session_id, start_ms)
+    session = _Session(rng, project, session_id, start_ms, runs=runs)
+    if runs is not None and session.layout == "2.0":
+        session.warmup_run()
     written = 0
 
     def emit(line: bytes) -> bytes:
@@ -608,11 +738,19 @@ def plan_sample_kinds(count: int, seed: int = 0) -> list[SampleKind]:
 
 
 def write_sample_transcripts(
-    folder: Path, count: int, *, seed: int = 0, sizes: SizeDistribution = default_sizes
+    folder: Path,
+    count: int,
+    *,
+    seed: int = 0,
+    sizes: SizeDistribution = default_sizes,
+    subagents: bool = True,
 ) -> list[Path]:
-    """Write count sample files into folder/<project-dir>/<session-id>.jsonl, laid out as
-    ~/.claude/projects/ is; the mix of kinds is plan_sample_kinds(count, seed). Returns the
-    paths in that order. The same seed and sizes write the same bytes."""
+    """Write count sample sessions into folder/<project-dir>/<session-id>.jsonl, laid out as
+    ~/.claude/projects/ is; the mix of kinds is plan_sample_kinds(count, seed). subagents: the
+    sessions start subagent runs now and then, written as each Claude Code version writes them
+    (inline in 1.x, agent-<id>.jsonl beside the session in 2.0.x, <session>/subagents/ in
+    2.1.x). Returns the paths of the main transcripts in that order. The same seed and sizes
+    write the same bytes."""
     paths = []
     made: set[Path] = set()
     for index, kind in enumerate(plan_sample_kinds(count, seed)):
@@ -620,8 +758,10 @@ def write_sample_transcripts(
         project = rng.choice(PROJECTS)
         session_id = _uuid(rng)
         size = sizes(rng)
+        runs: list[SubagentRun] | None = [] if subagents else None
         if kind == "not_transcript":
             data = generate_not_transcript_bytes(rng, min(size, 50 * KB))
+            runs = None
         else:
             lines = list(
                 iter_transcript_lines(
@@ -630,15 +770,19 @@ def write_sample_transcripts(
                     session_id=session_id,
                     project=project,
                     single_prompt=kind == "short",
+                    runs=runs,
                 )
             )
             if kind == "corrupt":
                 lines = corrupt(rng, lines, bad_lines=_rand(rng, 2, 5))
             data = b"".join(lines)
         target = folder / project.dir_name / f"{session_id}.jsonl"
-        if target.parent not in made:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            made.add(target.parent)
-        target.write_bytes(data)
+        files = [(target, data)]
+        files += [(run.path(target.parent, session_id), b"".join(run.lines)) for run in runs or ()]
+        for path, content in files:
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            path.write_bytes(content)
         paths.append(target)
     return paths

@@ -17,6 +17,10 @@ DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 # queue-operation, ...); they are valid lines that carry nothing we report.
 EVENT_TYPES = frozenset({"user", "assistant", "system", "summary"})
 
+# Lines Claude Code writes beside the conversation: a file of nothing else is Claude Code's,
+# but holds no session to process.
+CLAUDE_RECORD_TYPES = frozenset({"file-history-snapshot", "queue-operation", "progress"})
+
 _READ_CHUNK = 1024 * 1024
 
 
@@ -29,6 +33,8 @@ class TranscriptHead:
     is_transcript: bool
     session_id: str | None
     reason: str | None = None  # why it is not a transcript, as a sentence
+    # A subagent run's id (Claude Code 2.x writes `agentId` on every line of a run's file).
+    agent_id: str | None = None
 
 
 def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
@@ -50,28 +56,45 @@ def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) 
 
 def inspect_transcript_head(lines: Iterable[bytes], max_lines: int = 50) -> TranscriptHead:
     """Whether the first max_lines non-blank lines hold a Claude Code event, and the first
-    sessionId among them. Reads no further than it must and raises nothing for any content
-    (errors from the iterable itself, such as an OSError, do propagate)."""
+    sessionId and agentId among them. Reads no further than it must and raises nothing for
+    any content (errors from the iterable itself, such as an OSError, do propagate)."""
     is_transcript = False
     session_id: str | None = None
+    agent_id: str | None = None
     seen = 0
+    own_records: set[str] = set()  # Claude Code's bookkeeping lines: snapshots, queue, ...
     for raw in lines:
         if not raw.strip():
             continue
         seen += 1
         event = load_object(raw)
         if event is not None:
-            if event.get("type") in EVENT_TYPES:
+            kind = event.get("type")
+            if kind in EVENT_TYPES:
                 is_transcript = True
+            elif isinstance(kind, str) and kind in CLAUDE_RECORD_TYPES:
+                own_records.add(kind)
             candidate = event.get("sessionId")
             if session_id is None and isinstance(candidate, str) and candidate:
                 session_id = candidate
+            agent = event.get("agentId")
+            if agent_id is None and isinstance(agent, str) and agent:
+                agent_id = agent
+        # A subagent run's file carries agentId on every line, beside its sessionId: the first
+        # line with a sessionId tells both.
         if (is_transcript and session_id is not None) or seen >= max_lines:
             break
     if is_transcript:
-        return TranscriptHead(True, session_id)
+        return TranscriptHead(True, session_id, agent_id=agent_id)
     if seen == 0:
         reason = "The file is empty."
+    elif own_records and seen < max_lines:
+        kinds = ", ".join(sorted(own_records))
+        lines_word = "line" if seen == 1 else "lines"
+        reason = (
+            f"It holds no conversation: its {seen} {lines_word} are Claude Code's own records "
+            f"({kinds}), not messages."
+        )
     else:
         reason = (
             f"The file is not a Claude Code transcript: none of its first {seen} lines is a "

@@ -21,7 +21,7 @@ from rich.console import Console
 from sessionflow.cli import options
 from sessionflow.cli.localstack import LocalStackError, endpoint
 from sessionflow.cli.ui import UI, make_ui
-from sessionflow.client.discovery import DiscoveryError, LocalTranscript, discover
+from sessionflow.client.discovery import Discovery, DiscoveryError, LocalSession, discover
 from sessionflow.client.http import AuthError, ClientError, ServerUnreachable, SessionflowClient
 from sessionflow.client.tracking import PipelineWaitResult, TrackerDeps, Transport
 from sessionflow.client.tracking import wait_for_pipeline_completion as track
@@ -128,7 +128,9 @@ def _new_report() -> dict[str, Any]:
         "uploaded": 0,
         "skipped": 0,
         "upload_failed": [],
-        "not_transcripts": [],
+        "files": {"found": 0, "sessions": 0, "in_sessions": 0, "subagent_runs": 0},
+        "files_skipped": [],
+        "main_transcript_missing": [],
         "complete": False,
         "timed_out": False,
         "interrupted": False,
@@ -149,10 +151,12 @@ async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict
         ui.warn(f"{exc}. Pass the folders that hold your transcripts (default ~/.claude/projects).")
         report["error"] = str(exc)
         return EXIT_ERROR, report
-    report["not_transcripts"] = [{"path": str(p), "reason": why} for p, why in found.skipped]
-    for path, why in found.skipped:
+    _account_for_files(found, report)
+    for path, why in found.skipped[:FAILED_SHOWN]:
         ui.warn(f"skipped {path}: {why}")
-    if not found.transcripts:
+    if len(found.skipped) > FAILED_SHOWN:
+        ui.warn(f"and {len(found.skipped) - FAILED_SHOWN} more files skipped (listed at the end)")
+    if not found.sessions:
         where = ", ".join(str(p) for p in options.paths)
         ui.say(f"No transcripts to backfill under {where}.")
         report["complete"] = True
@@ -170,7 +174,7 @@ async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict
             try:
                 async with SessionflowClient(url, token) as client:
                     return await _phases(
-                        options, client, url, token, found.transcripts, ui, out, interrupt, report
+                        options, client, url, token, found.sessions, ui, out, interrupt, report
                     )
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
@@ -212,7 +216,7 @@ async def _phases(
     client: SessionflowClient,
     url: str,
     token: str,
-    transcripts: Sequence[LocalTranscript],
+    sessions: Sequence[LocalSession],
     ui: UI,
     out: Console,
     interrupt: Interrupt,
@@ -220,10 +224,10 @@ async def _phases(
 ) -> tuple[int, dict[str, Any]]:
     # Phase 1: backfilling.
     started = time.monotonic()
-    ui.start_upload(len(transcripts))
+    ui.start_upload(len(sessions))
     upload_options = UploadOptions(concurrency=options.concurrency, force=options.force)
     uploading = asyncio.ensure_future(
-        backfill(client, transcripts, upload_options, on_progress=ui.advance_upload)
+        backfill(client, sessions, upload_options, on_progress=ui.advance_upload)
     )
     if await _first(uploading, interrupt.event):
         report["interrupted"] = True
@@ -285,6 +289,7 @@ async def _phases(
     report["failed"] = await _failed_errors(client, failed_ids)
     if not options.json_output:
         _print_outcome(out, result, report["failed"])
+        _print_files(out, report)
     elif result.timed_out:
         ui.warn(
             f"timed out after {options.timeout:g} s; still pending: {_pending_description(result)}"
@@ -294,6 +299,44 @@ async def _phases(
     if options.exit_status and (failed_ids or uploaded.failed):
         return EXIT_ERROR, report
     return EXIT_OK, report
+
+
+def _account_for_files(found: Discovery, report: dict[str, Any]) -> None:
+    """Every file found, in the report: in which session, or why in none."""
+    report["files"] = {
+        "found": found.files_found,
+        "sessions": len(found.sessions),
+        "in_sessions": found.files_in_sessions,
+        "subagent_runs": sum(1 for s in found.sessions for f in s.files if f.role == "subagent"),
+    }
+    report["files_skipped"] = [{"path": str(p), "reason": why} for p, why in found.skipped]
+    report["main_transcript_missing"] = [s.session_id for s in found.sessions if s.main is None]
+
+
+def _print_files(out: Console, report: dict[str, Any]) -> None:
+    """Where every file found went: no transcript is left out without a line that names it."""
+    files = report["files"]
+    line = (
+        f"Files: {files['found']} found, {files['in_sessions']} in {files['sessions']} sessions"
+        f" ({files['subagent_runs']} of them subagent runs)"
+    )
+    skipped = report["files_skipped"]
+    out.print(line + (f", {len(skipped)} skipped:" if skipped else ""), highlight=False)
+    for item in skipped[:FAILED_SHOWN]:
+        out.print(f"  {item['path']}: {item['reason']}", highlight=False, markup=False)
+    if len(skipped) > FAILED_SHOWN:
+        out.print(
+            f"  and {len(skipped) - FAILED_SHOWN} more (--json lists them all)", highlight=False
+        )
+    missing = report["main_transcript_missing"]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        out.print(
+            f"{len(missing)} sessions have subagent runs but no main transcript in the paths "
+            f"given: {shown}",
+            highlight=False,
+            markup=False,
+        )
 
 
 def _print_outcome(out: Console, result: PipelineWaitResult, failed: list[dict[str, str]]) -> None:

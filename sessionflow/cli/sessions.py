@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from sessionflow.cli import options
 from sessionflow.cli.localstack import LocalStackError, endpoint
@@ -92,50 +94,131 @@ def show(
 
 
 def _print_detail(detail: SessionDetail) -> None:
-    out = Console(soft_wrap=True)
-    out.print(
-        f"[bold]{detail.id}[/]  {detail.lifecycle.value}  (parse: {detail.parse_status.value})"
-    )
+    """One session for a person. Everything that comes from a transcript (prompts, titles,
+    paths) is printed as text, never read as rich markup."""
+    out = Console(soft_wrap=True, highlight=False)
+    head = Text(detail.id, style="bold")
+    head.append(f"  {detail.lifecycle.value}  (parse: {detail.parse_status.value})", style="")
+    out.print(head)
     if detail.error:
-        out.print(f"Error: {detail.error}", highlight=False)
+        out.print(Text(f"Error: {detail.error}"))
     summary = detail.summary or {}
     if summary.get("title"):
-        out.print(f"\n[bold]{summary['title']}[/]", highlight=False)
+        out.print(Text("\n" + str(summary["title"]), style="bold"))
     if summary.get("text"):
-        out.print(summary["text"], highlight=False)
+        out.print(Text(str(summary["text"])))
     result = detail.parse_result or {}
+    mains = [f for f in detail.files if f.role == "main"]
+    runs = [f for f in detail.files if f.role == "subagent"]
+    files = f"{len(detail.files)}: " + ("the main transcript" if mains else "no main transcript")
+    if runs:
+        files += f" and {len(runs)} subagent run{'s' if len(runs) != 1 else ''}"
+    rows: list[tuple[str, object]] = [("Files", files)]
+    if not mains:
+        rows.append(
+            (
+                "Main transcript",
+                "missing: only subagent runs of this session were found (upload its "
+                f"{detail.id}.jsonl to complete it)",
+            )
+        )
     if result:
-        tokens = result.get("tokens") or {}
-        rows = [
-            ("Prompts", result.get("user_prompts")),
-            ("Assistant messages", result.get("assistant_messages")),
-            ("Tool calls", result.get("tool_calls")),
-            (
-                "Tools",
-                ", ".join(
-                    f"{k} {v}"
-                    for k, v in sorted(
-                        (result.get("tool_calls_by_name") or {}).items(), key=lambda kv: -kv[1]
-                    )
-                ),
-            ),
-            ("Models", ", ".join(result.get("models") or [])),
-            ("Tokens", ", ".join(f"{k} {v}" for k, v in tokens.items())),
-            ("Started", result.get("first_timestamp")),
-            (
-                "Duration",
-                f"{result['duration_seconds']:.0f} s"
-                if result.get("duration_seconds") is not None
-                else None,
-            ),
-            ("Directory", result.get("cwd")),
-            ("Branch", result.get("git_branch")),
-            ("Files touched", ", ".join((result.get("files_touched") or [])[:10])),
-            ("Lines skipped", result.get("lines_skipped") or None),
-        ]
+        rows += _result_rows(result)
+    out.print("")
+    for label, value in rows:
+        if value not in (None, "", 0):
+            out.print(Text(f"  {label + ':':<20} {value}"))
+    subagents = result.get("subagents") or []
+    if subagents:
         out.print("")
-        for label, value in rows:
-            if value not in (None, "", 0):
-                out.print(f"  {label + ':':<20} {value}", highlight=False)
+        out.print(_subagent_table(subagents, result.get("subagents_total") or len(subagents)))
     if detail.metadata:
-        out.print(f"\n  metadata: {json.dumps(detail.metadata)}", highlight=False)
+        out.print(Text(f"\n  metadata: {json.dumps(detail.metadata)}"))
+
+
+def _result_rows(result: dict[str, Any]) -> list[tuple[str, object]]:
+    tokens = result.get("tokens") or {}
+    cost = result.get("cost_usd")
+    unpriced = result.get("unpriced_models") or []
+    if cost is not None:
+        cost_text = f"${cost:,.2f} (estimated from list prices)"
+    elif unpriced:
+        cost_text = f"unknown: no price for {', '.join(unpriced)}"
+    else:
+        cost_text = None
+    tools = ", ".join(
+        f"{k} {v}"
+        for k, v in sorted((result.get("tool_calls_by_name") or {}).items(), key=lambda kv: -kv[1])
+    )
+    duration = result.get("duration_seconds")
+    return [
+        ("First prompt", _one_line(result.get("first_prompt"))),
+        ("Prompts", result.get("user_prompts")),
+        ("Assistant messages", result.get("assistant_messages")),
+        ("Tool calls", result.get("tool_calls")),
+        ("Tools", tools),
+        ("Models", ", ".join(result.get("models") or [])),
+        ("Tokens", ", ".join(f"{k} {v:,}" for k, v in tokens.items() if isinstance(v, int))),
+        ("Cost", cost_text),
+        ("Compactions", result.get("compactions")),
+        ("API errors", result.get("api_errors")),
+        ("Tool errors", result.get("tool_errors")),
+        ("Started", result.get("first_timestamp")),
+        ("Duration", _duration(duration) if duration is not None else None),
+        ("Directory", result.get("cwd")),
+        ("Branch", result.get("git_branch")),
+        ("Files touched", ", ".join((result.get("files_touched") or [])[:10])),
+        ("Lines skipped", result.get("lines_skipped") or None),
+    ]
+
+
+def _subagent_table(runs: list[dict[str, Any]], total: int) -> Table:
+    title = (
+        f"Subagent runs ({total})"
+        if total == len(runs)
+        else f"Subagent runs ({len(runs)} of {total})"
+    )
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    table.add_column("agent", no_wrap=True)
+    table.add_column("asked")
+    table.add_column("model")
+    table.add_column("tokens", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    table.add_column("tools", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    for run in runs:
+        tokens = run.get("tokens") or {}
+        total_tokens = sum(v for v in tokens.values() if isinstance(v, int))
+        asked = run.get("description") or _one_line(run.get("prompt"), 60) or ""
+        if run.get("subagent_type"):
+            asked = f"{asked} ({run['subagent_type']})" if asked else str(run["subagent_type"])
+        cost = run.get("cost_usd")
+        duration = run.get("duration_seconds")
+        table.add_row(
+            Text(str(run.get("agent_id") or "")),
+            Text(asked),
+            Text(", ".join(run.get("models") or [])),
+            f"{total_tokens:,}",
+            f"${cost:,.2f}" if cost is not None else "–",
+            str(run.get("tool_calls") or 0),
+            _duration(duration) if duration is not None else "–",
+        )
+    return table
+
+
+def _one_line(text: object, width: int = 100) -> str | None:
+    if not isinstance(text, str) or not text.strip():
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

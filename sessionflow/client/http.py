@@ -15,8 +15,10 @@ from pydantic import ValidationError
 from sessionflow.protocol import (
     MAX_BATCH_IDS,
     BatchStatusResponse,
+    FileUploadResponse,
     RegisterResponse,
     SessionDetail,
+    SessionFile,
     SessionRegistration,
     SessionStatus,
     UploadResponse,
@@ -110,11 +112,12 @@ class SessionflowClient:
             return False
         return response.status_code == 200
 
-    async def register(self, sessions: Sequence[SessionRegistration]) -> list[str]:
-        """Register up to 500 sessions; returns the ids whose transcript the server needs."""
+    async def register(self, sessions: Sequence[SessionRegistration]) -> RegisterResponse:
+        """Register up to 500 sessions; the answer names the ones whose files the server
+        needs, and which of their files it lacks."""
         body = {"sessions": [s.model_dump(exclude_none=True) for s in sessions]}
         response = await self._request("POST", "/api/sessions", json=body)
-        return RegisterResponse.model_validate_json(response.content).upload
+        return RegisterResponse.model_validate_json(response.content)
 
     async def upload(
         self,
@@ -137,6 +140,33 @@ class SessionflowClient:
                 "Content-Type": "application/x-ndjson",
                 "X-Content-SHA256": sha256,
             },
+        )
+        return UploadResponse.model_validate_json(response.content)
+
+    async def upload_file(
+        self, sha256: str, body: bytes | AsyncIterable[bytes]
+    ) -> FileUploadResponse:
+        """Upload one file of a session, known by the sha256 of its uncompressed bytes. body:
+        the bytes (gzipped here), or an async stream of their gzip-compressed form."""
+        content = gzip.compress(body, compresslevel=5) if isinstance(body, bytes) else body
+        response = await self._request(
+            "PUT",
+            f"/api/files/{sha256}",
+            content=content,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/x-ndjson"},
+        )
+        return FileUploadResponse.model_validate_json(response.content)
+
+    async def put_session_files(
+        self, session_id: str, files: Sequence[SessionFile], *, force: bool = False
+    ) -> UploadResponse:
+        """Name the files a session is made of (each uploaded before); queues it if they
+        changed, or with force."""
+        response = await self._request(
+            "PUT",
+            f"/api/sessions/{session_id}/files",
+            json={"files": [f.model_dump() for f in files]},
+            params={"force": "true"} if force else None,
         )
         return UploadResponse.model_validate_json(response.content)
 

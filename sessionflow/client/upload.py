@@ -1,5 +1,6 @@
-"""The backfilling phase: register local transcripts, then upload only what the server asks
-for, with bounded concurrency and retries of transient failures."""
+"""The backfilling phase: register local sessions, then upload only what the server asks for
+(the files it lacks, then the list of a session's files), with bounded concurrency and retries
+of transient failures."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from sessionflow.client.discovery import LocalTranscript
+from sessionflow.client.discovery import LocalFile, LocalSession
 from sessionflow.client.http import (
     ApiError,
     AuthError,
@@ -20,7 +21,12 @@ from sessionflow.client.http import (
     SessionflowClient,
     chunked,
 )
-from sessionflow.protocol import MAX_BATCH_IDS, SessionRegistration
+from sessionflow.protocol import (
+    MAX_BATCH_IDS,
+    FileUploadResponse,
+    RegisterResponse,
+    SessionRegistration,
+)
 
 _READ_CHUNK = 256 * 1024
 T = TypeVar("T")
@@ -67,62 +73,116 @@ def _transient(exc: ClientError) -> bool:
 
 async def backfill(
     client: SessionflowClient,
-    transcripts: Sequence[LocalTranscript],
+    sessions: Sequence[LocalSession],
     options: UploadOptions,
     on_progress: Callable[[int], None] = lambda _: None,
 ) -> UploadResult:
-    """Register every transcript, upload the ones the server needs. on_progress(n) is called
-    with how many more transcripts are settled (skipped, uploaded or failed).
+    """Register every session, upload the ones the server needs. on_progress(n) is called
+    with how many more sessions are settled (skipped, uploaded or failed).
 
     Raises AuthError and ServerUnreachable (after retries) at once: nothing else can work."""
     result = UploadResult()
-    by_id = {t.session_id: t for t in transcripts}
-    needed: list[str] = []
-    for batch in chunked([t.session_id for t in transcripts], MAX_BATCH_IDS):
+    by_id = {s.session_id: s for s in sessions}
+    needed: list[tuple[str, list[str] | None]] = []  # (id, the files the server lacks)
+    for batch in chunked([s.session_id for s in sessions], MAX_BATCH_IDS):
         registrations = [by_id[sid].registration() for sid in batch]
 
-        def register(regs: list[SessionRegistration] = registrations) -> Awaitable[list[str]]:
+        def register(
+            regs: list[SessionRegistration] = registrations,
+        ) -> Awaitable[RegisterResponse]:
             return client.register(regs)
 
-        wanted = await _retrying(register, options)
-        wanted_set = set(wanted)
+        answer = await _retrying(register, options)
+        wanted = set(answer.upload)
+        settled = 0
         for sid in batch:
-            if options.force or sid in wanted_set:
-                needed.append(sid)
+            if options.force or sid in wanted:
+                needed.append((sid, answer.missing_files.get(sid)))
             else:
                 result.skipped.append(sid)
-        on_progress(len(batch) - sum(1 for sid in batch if sid in needed))
+                settled += 1
+        on_progress(settled)
 
     semaphore = asyncio.Semaphore(options.concurrency)
 
-    async def upload_one(transcript: LocalTranscript) -> None:
+    async def upload_one(session: LocalSession, missing: list[str] | None) -> None:
         async with semaphore:
             try:
-                await _retrying(
-                    lambda: client.upload(
-                        transcript.session_id,
-                        gzip_stream(transcript.path),
-                        transcript.sha256,
-                        force=options.force,
-                    ),
-                    options,
-                )
-                result.uploaded.append(transcript.session_id)
+                await _upload_session(client, session, missing, options)
+                result.uploaded.append(session.session_id)
             except (AuthError, ServerUnreachable):
                 raise
             except ClientError as exc:
-                result.failed.append((transcript.session_id, str(exc)))
-            except OSError as exc:
-                result.failed.append(
-                    (transcript.session_id, f"cannot read {transcript.path}: {exc.strerror}")
-                )
+                result.failed.append((session.session_id, str(exc)))
+            except _Unreadable as exc:
+                result.failed.append((session.session_id, str(exc)))
             finally:
                 on_progress(1)
 
     async with asyncio.TaskGroup() as group:
-        for sid in needed:
-            group.create_task(upload_one(by_id[sid]))
+        for sid, missing in needed:
+            group.create_task(upload_one(by_id[sid], missing))
     return result
+
+
+class _Unreadable(Exception):
+    """A local file could not be read while uploading it."""
+
+
+async def _upload_session(
+    client: SessionflowClient,
+    session: LocalSession,
+    missing: list[str] | None,
+    options: UploadOptions,
+) -> None:
+    """Upload what the server lacks of one session and queue it. A session of one main
+    transcript goes in one request; one with subagent runs sends each missing file, then the
+    list of its files."""
+    if session.single_file:
+        main = session.files[0]
+        await _retrying(
+            lambda: client.upload(
+                session.session_id, _read(main), main.sha256, force=options.force
+            ),
+            options,
+        )
+        return
+    wire = [f.wire() for f in session.files]
+
+    async def send(files: Sequence[LocalFile]) -> None:
+        for file in {f.sha256: f for f in files}.values():
+
+            def put(f: LocalFile = file) -> Awaitable[FileUploadResponse]:
+                return client.upload_file(f.sha256, _read(f))
+
+            await _retrying(put, options)
+
+    # --force sends every file again (which also repairs a damaged stored copy).
+    lacking = None if options.force else missing
+    await send([f for f in session.files if lacking is None or f.sha256 in lacking])
+    try:
+        await _retrying(
+            lambda: client.put_session_files(session.session_id, wire, force=options.force),
+            options,
+        )
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        # The server lacks a file it did not ask for (a store restored from backup, say):
+        # send them all, once, and name them again.
+        await send(session.files)
+        await _retrying(
+            lambda: client.put_session_files(session.session_id, wire, force=options.force),
+            options,
+        )
+
+
+async def _read(file: LocalFile) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in gzip_stream(file.path):
+            yield chunk
+    except OSError as exc:
+        raise _Unreadable(f"cannot read {file.path}: {exc.strerror or exc}") from exc
 
 
 async def _retrying(make: Callable[[], Awaitable[T]], options: UploadOptions) -> T:

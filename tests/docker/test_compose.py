@@ -125,7 +125,7 @@ def test_backfill_through_the_proxy_ends_with_every_session_terminal(
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     # 50 samples hold exactly one file that is not a transcript (sessionflow.samples).
-    assert len(report["not_transcripts"]) == 1
+    assert len(report["files_skipped"]) == 1
     assert report["uploaded"] == 49, report
     assert report["complete"] is True
     # The live stream went through nginx's WebSocket upgrade, not the polling fallback.

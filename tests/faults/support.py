@@ -41,7 +41,7 @@ def sample_folder(tmp: Path, n: int = SESSIONS, seed: int = 7) -> tuple[Path, in
 
     folder = tmp / "projects"
     write_sample_transcripts(folder, n, seed=seed)
-    return folder, len(discover([folder], max_bytes=1 << 40).transcripts)
+    return folder, len(discover([folder], max_bytes=1 << 40).sessions)
 
 
 def wait_until(condition: Callable[[], Any], what: str, within: float = 120) -> Any:
