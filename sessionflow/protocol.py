@@ -98,6 +98,27 @@ def lookup_id_problem(value: str, max_length: int = MAX_ID_LENGTH) -> str | None
     return None
 
 
+def nul_path(value: Any) -> str | None:
+    """Where a JSON value holds a NUL character (in a key or a string), as a path such as
+    `metadata.tags[2]`, or None. PostgreSQL's text and jsonb cannot hold NUL. Iterative, so a
+    deeply nested value cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return path or "the top"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and "\x00" in key:
+                    return child_path.replace("\x00", "\\0")
+                stack.append((child_path, child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

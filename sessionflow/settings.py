@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(default=2 * MiB, ge=1024)
     max_transcript_bytes: int = Field(default=256 * MiB, ge=1)  # each file of a session
     max_session_files: int = Field(default=MAX_SESSION_FILES, ge=1)  # main + subagent runs
+    # Sessions registered but not uploaded yet, per owner, and how long such a registration
+    # is kept (the upload usually follows within seconds).
+    max_pending_registrations: int = Field(default=100_000, ge=1)
+    registration_ttl_seconds: float = Field(default=86_400.0, gt=0)
 
     # Live stream (WebSocket) limits.
     ws_enabled: bool = True
@@ -76,6 +80,8 @@ class Settings(BaseSettings):
 
     # Observability.
     metrics_enabled: bool = True  # GET /metrics (Prometheus text, no token)
+    # How often the figures the database holds are read for /metrics (never at scrape time).
+    metrics_db_interval_seconds: float = Field(default=15.0, gt=0)
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)  # `worker`: off
     worker_metrics_host: str = "127.0.0.1"
     log_format: Literal["text", "json"] = "text"

@@ -26,6 +26,19 @@ SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size,
     metadata = coalesce(EXCLUDED.metadata, session_registrations.metadata),
     registered_at = now();
 
+-- name: registrations_expire
+-- Registrations of sessions whose transcript never came: kept for a while (the upload usually
+-- follows at once), then dropped, so the table cannot grow without limit.
+DELETE FROM session_registrations
+WHERE owner = %(owner)s AND registered_at < now() - make_interval(secs => %(ttl_seconds)s);
+
+-- name: registrations_pending
+SELECT count(*) FROM session_registrations WHERE owner = %(owner)s;
+
+-- name: registration_forget
+-- The session is ingested and carries the metadata now.
+DELETE FROM session_registrations WHERE owner = %(owner)s AND id = %(id)s;
+
 -- name: file_record
 -- An owner has uploaded these bytes (stored content-addressed before this runs).
 INSERT INTO transcript_files (owner, sha256, size) VALUES (%(owner)s, %(sha256)s, %(size)s)

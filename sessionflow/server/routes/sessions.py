@@ -22,6 +22,7 @@ from sessionflow.protocol import (
     UploadResponse,
     is_valid_session_id,
     lookup_id_problem,
+    nul_path,
     session_digest,
 )
 from sessionflow.queries import Q
@@ -35,7 +36,7 @@ from sessionflow.storage import transcript_key
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 429)
 }
 
 
@@ -45,23 +46,6 @@ def _check_session_id(session_id: str, max_length: int) -> None:
             f"invalid session id {session_id[:60]!r}: use 1 to {max_length} characters of "
             "letters, digits and . _ : @ + - (starting with a letter or digit)"
         )
-
-
-def _holds_nul(value: Any) -> bool:
-    """Whether any key or string in a JSON value holds NUL, which PostgreSQL's jsonb refuses.
-    Iterative, so a deeply nested value cannot exhaust the stack."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 @router.post(
@@ -96,10 +80,11 @@ async def register_sessions(request: Request, state: State, owner: Owner) -> Reg
                     "(sessionflow.protocol.session_digest)"
                 )
         if item.metadata is not None:
-            if _holds_nul(item.metadata):
+            where = nul_path(item.metadata)
+            if where is not None:
                 raise bad_request(
-                    f"metadata of session {item.id!r} contains a NUL character, which "
-                    "cannot be stored"
+                    f"metadata of session {item.id!r} holds a NUL character at {where}, "
+                    "which cannot be stored"
                 )
             encoded = json.dumps(item.metadata)
             if len(encoded) > settings.max_metadata_bytes:
@@ -111,30 +96,51 @@ async def register_sessions(request: Request, state: State, owner: Owner) -> Reg
 
     ids = [item.id for item in body.sessions]
     async with state.pool.connection() as conn, conn.transaction():
+        await conn.execute(
+            Q.registrations_expire,
+            {"owner": owner, "ttl_seconds": settings.registration_ttl_seconds},
+        )
         cur = await conn.execute(Q.session_hashes, {"owner": owner, "ids": ids})
         stored: dict[str, str] = dict(await cur.fetchall())
+        # Only what the server needs is remembered: a session already stored as it is has
+        # nothing to wait for.
+        wanted = [
+            (item, meta)
+            for item, meta in zip(body.sessions, metadatas, strict=True)
+            if stored.get(item.id) != item.sha256
+        ]
+        cur = await conn.execute(Q.registrations_pending, {"owner": owner})
+        pending = (await cur.fetchone() or (0,))[0]
+        if wanted and pending + len(wanted) > settings.max_pending_registrations:
+            raise ApiError(
+                429,
+                "too_many_registrations",
+                f"{pending} sessions of this owner are registered and not uploaded; at most "
+                f"{settings.max_pending_registrations} may wait "
+                "(SESSIONFLOW_MAX_PENDING_REGISTRATIONS). Upload them, or wait "
+                f"{settings.registration_ttl_seconds:g} s for them to expire",
+            )
         await conn.execute(
             Q.registration_upsert,
             {
                 "owner": owner,
-                "ids": ids,
-                "sha256s": [item.sha256 for item in body.sessions],
-                "sizes": [item.size for item in body.sessions],
-                "metadatas": metadatas,
+                "ids": [item.id for item, _ in wanted],
+                "sha256s": [item.sha256 for item, _ in wanted],
+                "sizes": [item.size for item, _ in wanted],
+                "metadatas": [meta for _, meta in wanted],
             },
         )
-        wanted = [item for item in body.sessions if stored.get(item.id) != item.sha256]
-        listed = {f.sha256 for item in wanted for f in item.files or ()}
+        listed = {f.sha256 for item, _ in wanted for f in item.files or ()}
         owned: set[str] = set()
         if listed:
             cur = await conn.execute(Q.files_owned, {"owner": owner, "sha256s": list(listed)})
             owned = {row[0] for row in await cur.fetchall()}
     missing = {
         item.id: list(dict.fromkeys(f.sha256 for f in item.files if f.sha256 not in owned))
-        for item in wanted
+        for item, _ in wanted
         if item.files is not None
     }
-    return RegisterResponse(upload=[item.id for item in wanted], missing_files=missing)
+    return RegisterResponse(upload=[item.id for item, _ in wanted], missing_files=missing)
 
 
 def _check_file_size(session_id: str, size: int, settings: Settings) -> None:
@@ -283,6 +289,7 @@ async def _ingest(
     async with state.pool.connection() as conn, conn.transaction():
         cur = await conn.execute(Q.session_ingest, params)
         row = await cur.fetchone()
+        await conn.execute(Q.registration_forget, {"owner": owner, "id": session_id})
         queued = row is not None
         if row is None:
             cur = await conn.execute(Q.session_state, {"owner": owner, "id": session_id})
