@@ -51,6 +51,13 @@ def create_app(
             stack.push_async_callback(pool.close)
             state = AppState(settings=settings, pool=pool, store=store)
             app.state.sessionflow = state
+            if settings.metrics_enabled:
+                figures = metrics_route.DatabaseFigures(
+                    pool, metrics, settings.metrics_db_interval_seconds
+                )
+                figures.start()
+                stack.push_async_callback(figures.stop)
+                app.state.database_figures = figures
             if settings.ws_enabled:
                 hub = LiveHub(
                     dsn,

@@ -81,7 +81,7 @@ def wait_final(url: str, token: str, ids: list[str], within: float = 60) -> dict
 def test_metrics_of_a_real_server_move_with_the_pipeline(
     procs: Processes, make_token: Callable[[str], str]
 ) -> None:
-    server = procs.serve()
+    server = procs.serve(env={"SESSIONFLOW_METRICS_DB_INTERVAL_SECONDS": "0.1"})
     token = make_token("alice")
     rng = random.Random(7)
     upload(server.url, token, "m1", generate_transcript_bytes(rng, 30_000))
@@ -114,8 +114,14 @@ def test_metrics_of_a_real_server_move_with_the_pipeline(
 
     assert figure(during, "sessionflow_websocket_connections") == 1
     assert figure(during, "sessionflow_notify_send_latency_seconds_count") >= 1
-    after = scrape(f"{server.url}/metrics")  # no token needed
     finals = [first, second]
+    deadline = time.monotonic() + 30
+    while True:  # the database's figures are read in the background, every 0.1 s here
+        after = scrape(f"{server.url}/metrics")  # no token needed
+        counts = [figure(after, "sessionflow_sessions", lifecycle=s) for s in set(finals)]
+        if counts == [finals.count(s) for s in set(finals)] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     for lifecycle in ("parsed", "summarized"):
         expected = finals.count(lifecycle)
         assert figure(after, "sessionflow_sessions", lifecycle=lifecycle) == expected
