@@ -49,6 +49,7 @@ class BackfillOptions:
     wait: bool = True
     transport: Transport = "auto"
     poll_interval: float = 3.0
+    reconcile_interval: float = 30.0
     exit_status: bool = False
     json_output: bool = False
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -264,6 +265,7 @@ async def _phases(
         on_fallback=fell_back,
         timeout=options.timeout,
         poll_interval=options.poll_interval,
+        reconcile_interval=options.reconcile_interval,
         transport=options.transport,
         stop=interrupt.event,
     )
@@ -397,6 +399,15 @@ def command(
     poll_interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between batch-status polls.")
     ] = 3.0,
+    reconcile_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="SESSIONFLOW_RECONCILE_INTERVAL",
+            help="While on the WebSocket, check with one batch-status round this often "
+            "(seconds; 0: never).",
+        ),
+    ] = 30.0,
     exit_status: Annotated[
         bool, typer.Option("--exit-status", help="Exit 1 if any session failed.")
     ] = False,
@@ -424,6 +435,7 @@ def command(
         wait=wait,
         transport=chosen,
         poll_interval=poll_interval,
+        reconcile_interval=reconcile_interval,
         exit_status=exit_status,
         json_output=json_output,
     )

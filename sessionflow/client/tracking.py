@@ -59,6 +59,9 @@ class TrackerDeps:
     transport: Transport = "auto"
     ws_retry_initial: float = 2.0
     ws_retry_max: float = 30.0
+    # While on the WebSocket, one batch-status round this often: the stream is trusted, not
+    # believed forever (a hub that stopped delivering, a LISTEN behind a pooler). 0: never.
+    reconcile_interval: float = 30.0
     stop: asyncio.Event | None = None  # set it to stop watching (Ctrl-C)
 
 
@@ -242,31 +245,74 @@ async def _track(
 async def _watch_once(
     board: _Board, deps: TrackerDeps, deadline: float, result: PipelineWaitResult
 ) -> None:
-    """One WebSocket connection: trust its snapshot, merge its deltas, until done."""
+    """One WebSocket connection: trust its snapshot, merge its deltas, until done; meanwhile
+    reconcile with a batch-status round every deps.reconcile_interval seconds."""
     assert deps.watch is not None
     stream = deps.watch(board.pending())
+    finished = asyncio.Event()  # set by a reconcile round that finds everything final
+    reconciler = (
+        asyncio.ensure_future(_reconcile(board, deps, finished))
+        if deps.reconcile_interval > 0
+        else None
+    )
+    waiter = asyncio.ensure_future(finished.wait())
+    next_update: asyncio.Future[WatchUpdate] | None = None
     try:
         while not board.done():
             remaining = deadline - deps.clock()
             if remaining <= 0:
                 return
-            async with asyncio.timeout(remaining):
-                try:
-                    update = await anext(stream)
-                except StopAsyncIteration:
-                    raise WatchUnavailable("the live stream ended") from None
+            if next_update is None:
+                next_update = asyncio.ensure_future(anext(stream))
+            racing: set[asyncio.Future[Any]] = {next_update, waiter}
+            done, _ = await asyncio.wait(
+                racing, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if next_update not in done:
+                if waiter in done:
+                    if board.done():
+                        return  # batch-status found everything final
+                    finished.clear()  # a snapshot since then said otherwise: keep going
+                    waiter = asyncio.ensure_future(finished.wait())
+                    continue
+                if deps.clock() < deadline:
+                    raise WatchUnavailable("the live stream timed out")
+                return  # the deadline, not the stream, ran out
+            try:
+                update = next_update.result()
+            except StopAsyncIteration:
+                raise WatchUnavailable("the live stream ended") from None
+            next_update = None
             if update.snapshot:
                 board.replace(update.statuses, update.not_found)
             else:
                 board.merge(update.statuses, update.not_found)
             result.transports.add("websocket")
             deps.on_progress(board.progress("websocket"))
-    except TimeoutError:
-        if deps.clock() < deadline:
-            raise WatchUnavailable("the live stream timed out") from None
-        # else the deadline, not the stream, ran out
     finally:
+        for task in (reconciler, waiter, next_update):
+            if task is not None and not task.done():
+                task.cancel()
         closer = getattr(stream, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):
                 await closer()
+
+
+async def _reconcile(board: _Board, deps: TrackerDeps, finished: asyncio.Event) -> None:
+    """Every deps.reconcile_interval seconds, ask batch-status about what is still pending and
+    merge the answer (by version, so nothing goes backwards); set finished when all is."""
+    while True:
+        await deps.sleep(deps.reconcile_interval)
+        pending = board.pending()
+        if not pending:
+            finished.set()
+            continue
+        try:
+            response = await deps.client.batch_status(pending)
+        except (ServerUnreachable, ApiError):
+            continue  # the stream goes on; the next round asks again
+        board.merge(response.statuses, response.not_found)
+        deps.on_progress(board.progress("websocket"))
+        if board.done():
+            finished.set()

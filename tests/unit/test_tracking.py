@@ -59,7 +59,15 @@ class ScriptedServer:
 
 
 def deps_for(server: ScriptedServer, clock: FakeClock, **kwargs: object) -> TrackerDeps:
-    deps = TrackerDeps(client=server, clock=clock, sleep=clock.sleep, timeout=600, poll_interval=3)
+    # No reconciling unless a test asks: a fake sleep would let it run at once.
+    deps = TrackerDeps(
+        client=server,
+        clock=clock,
+        sleep=clock.sleep,
+        timeout=600,
+        poll_interval=3,
+        reconcile_interval=0,
+    )
     for key, value in kwargs.items():
         setattr(deps, key, value)
     return deps
@@ -295,3 +303,52 @@ async def test_polling_still_stops_at_a_4xx_that_retrying_cannot_fix() -> None:
     server.failures = [ApiError(400, "invalid_request", "no")]
     with pytest.raises(ApiError):
         await wait_for_pipeline_completion(["a"], deps_for(server, clock, transport="poll"))
+
+
+async def test_on_a_stream_that_stops_delivering_batch_status_still_finds_the_end() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(clock, {0: {"a": st("summarized", 9)}})
+    never = asyncio.Event()
+
+    async def silent(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        # A hub that answered the watch, then heard of nothing more (a LISTEN lost behind a
+        # pooler, a catch-up that failed).
+        yield WatchUpdate(statuses={"a": st("queued", 1)}, not_found=[], snapshot=True)
+        await never.wait()
+
+    deps = deps_for(server, clock, watch=silent, reconcile_interval=30)
+    result = await asyncio.wait_for(wait_for_pipeline_completion(["a"], deps), 10)
+    assert result.complete
+    assert result.states["a"].lifecycle == "summarized"
+    assert result.transport == "websocket"  # still on the stream: the poll only checked it
+    assert server.calls and all(call == ["a"] for call in server.calls)
+    assert 30 in clock.sleeps
+
+
+async def test_a_reconcile_round_never_moves_a_session_back() -> None:
+    clock = FakeClock()
+    # batch-status lags behind the stream (a replica's view, say): its older answer loses.
+    server = ScriptedServer(clock, {0: {"a": st("parsing", 3), "b": st("queued", 1)}})
+    release = asyncio.Event()
+
+    async def stream(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        yield WatchUpdate(
+            statuses={"a": st("summarizing", 5), "b": st("queued", 1)}, not_found=[], snapshot=True
+        )
+        await release.wait()
+        yield WatchUpdate(
+            statuses={"a": st("summarized", 6), "b": st("parsed", 7)}, not_found=[], snapshot=False
+        )
+
+    seen: list[Progress] = []
+    deps = deps_for(server, clock, watch=stream, reconcile_interval=30, on_progress=seen.append)
+    task = asyncio.ensure_future(wait_for_pipeline_completion(["a", "b"], deps))
+    for _ in range(100):
+        if len(server.calls) >= 2:
+            break
+        await asyncio.sleep(0)
+    assert len(server.calls) >= 2
+    assert seen[-1].counts.get("summarizing") == 1  # not back to parsing
+    release.set()
+    result = await asyncio.wait_for(task, 10)
+    assert result.complete and result.states["a"].version == 6
