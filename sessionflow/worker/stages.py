@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
+from sessionflow.protocol import nul_path
 from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError
 from sessionflow.transcript import read_lines
 from sessionflow.worker.claims import Claims, Conn, Job, JobFile
@@ -131,6 +132,13 @@ def parse_files(
                 f"not {file.sha256}); upload the session again with --force to replace it"
             )
     result = parser.result()
+    # The parser cleans every string it keeps; should one still hold NUL, the session fails
+    # here saying where, instead of the jsonb write failing as if the database were away.
+    where = nul_path(result.model_dump())
+    if where is not None:
+        raise PermanentError(
+            f"the parse result cannot be stored: its field {where} holds a NUL character"
+        )
     return result, result.model_dump_json()
 
 
@@ -187,6 +195,11 @@ class Pipeline:
             raise TransientError(f"the object store failed: {exc}") from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise TransientError(f"the database was unreachable: {first_line(exc)}") from exc
+        except psycopg.DataError as exc:
+            # The values, not the database: another attempt would fail the same way.
+            raise PermanentError(
+                f"the parse result could not be stored: {first_line(exc)}"
+            ) from exc
         except OSError as exc:
             raise TransientError(
                 f"the worker could not use its scratch folder {self.scratch_dir}: "
