@@ -5,6 +5,7 @@ ever becomes a path."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,12 @@ class StorageError(Exception):
 
 class ObjectNotFound(StorageError):
     """No object under that key: permanent for the session that points at it."""
+
+
+def discard(path: Path) -> None:
+    """Remove a local temporary file, if it is still there."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def transcript_key(sha256_hex: str) -> str:

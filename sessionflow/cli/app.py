@@ -3,12 +3,11 @@ command, so that the client commands never load it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sessionflow.cli import backfill, demo, sessions, tokens
+from sessionflow.cli import backfill, demo, options, sessions, tokens
 
 app = typer.Typer(
     name="sessionflow",
@@ -22,17 +21,6 @@ app.command("backfill")(backfill.command)
 app.command("demo")(demo.command)
 app.command("status")(sessions.status)
 app.command("show")(sessions.show)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="SESSIONFLOW_DATA_DIR",
-        help="Where the embedded database and local transcripts live "
-        "[default: ~/.local/share/sessionflow].",
-        show_default=False,
-    ),
-]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -48,7 +36,7 @@ def serve(
     port: Annotated[
         int, typer.Option(envvar="SESSIONFLOW_PORT", help="Port to listen on (0: any free one).")
     ] = 8000,
-    data_dir: DataDir = None,
+    data_dir: options.DataDir = None,
     worker: Annotated[
         bool,
         typer.Option(
@@ -86,7 +74,7 @@ def worker_command(
             show_default=False,
         ),
     ] = None,
-    data_dir: DataDir = None,
+    data_dir: options.DataDir = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(

@@ -388,14 +388,7 @@ def command(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Track processing after the upload.")
     ] = True,
-    transport: Annotated[
-        str,
-        typer.Option(
-            envvar="SESSIONFLOW_TRANSPORT",
-            help="How to follow processing: auto (WebSocket; polling where blocked), "
-            "websocket, or poll.",
-        ),
-    ] = "auto",
+    transport: options.TransportChoice = options.TransportName.AUTO,
     poll_interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between batch-status polls.")
     ] = 3.0,
@@ -419,11 +412,6 @@ def command(
 
     Exits 0 when every session reached a final state, 1 on an unreachable server or a refused
     token (or a failed session, with --exit-status), 124 on --timeout, 130 on Ctrl-C."""
-    if transport not in ("auto", "websocket", "poll"):
-        raise typer.BadParameter("use auto, websocket or poll", param_hint="--transport")
-    chosen: Transport = (
-        "auto" if transport == "auto" else "websocket" if transport == "websocket" else "poll"
-    )
     opts = BackfillOptions(
         paths=paths or [Path.home() / ".claude" / "projects"],
         server=server,
@@ -433,7 +421,7 @@ def command(
         force=force,
         timeout=timeout,
         wait=wait,
-        transport=chosen,
+        transport=options.transport(transport),
         poll_interval=poll_interval,
         reconcile_interval=reconcile_interval,
         exit_status=exit_status,

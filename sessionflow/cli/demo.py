@@ -25,15 +25,13 @@ def command(
     ] = None,
     data_dir: options.DataDir = None,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for processing.")] = 600.0,
-    transport: Annotated[str, typer.Option(help="auto, websocket or poll.")] = "auto",
+    transport: options.TransportChoice = options.TransportName.AUTO,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object at the end.")
     ] = False,
 ) -> None:
     """Write N sample transcripts to a temporary folder and backfill them into the local server
     (embedded PostgreSQL in the data dir), showing both progress bars and the summary."""
-    if transport not in ("auto", "websocket", "poll"):
-        raise typer.BadParameter("use auto, websocket or poll", param_hint="--transport")
     chosen_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     with tempfile.TemporaryDirectory(prefix="sessionflow-demo-") as tmp:
         folder = Path(tmp)
@@ -46,11 +44,7 @@ def command(
             token=None,
             data_dir=options.data_dir_or_default(data_dir),
             timeout=timeout,
-            transport="auto"
-            if transport == "auto"
-            else "websocket"
-            if transport == "websocket"
-            else "poll",
+            transport=options.transport(transport),
             json_output=json_output,
         )
         code = execute(opts)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from sessionflow.client.tracking import Transport
 from sessionflow.settings import default_data_dir
 
 Server = Annotated[
@@ -33,7 +35,8 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="SESSIONFLOW_DATA_DIR",
-        help="Data dir of the local server (default: ~/.local/share/sessionflow).",
+        help="Where the embedded database and local transcripts live "
+        "(default: ~/.local/share/sessionflow).",
         show_default=False,
     ),
 ]
@@ -41,3 +44,25 @@ DataDir = Annotated[
 
 def data_dir_or_default(value: Path | None) -> Path:
     return (value or default_data_dir()).expanduser()
+
+
+class TransportName(StrEnum):
+    AUTO = "auto"
+    WEBSOCKET = "websocket"
+    POLL = "poll"
+
+
+TransportChoice = Annotated[
+    TransportName,
+    typer.Option(
+        "--transport",
+        envvar="SESSIONFLOW_TRANSPORT",
+        help="How to follow processing: auto (the WebSocket; polling where it is blocked), "
+        "websocket, or poll.",
+    ),
+]
+
+
+def transport(value: TransportName) -> Transport:
+    """The tracker's name for a --transport value."""
+    return "websocket" if value == "websocket" else "poll" if value == "poll" else "auto"

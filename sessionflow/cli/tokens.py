@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from sessionflow.cli import options
+from sessionflow.logs import first_line
 from sessionflow.settings import Settings
 
 app = typer.Typer(help="Create and revoke API tokens.", no_args_is_help=True)
@@ -20,14 +22,6 @@ def load_settings(data_dir: Path | None) -> Settings:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         typer.echo(f"Error: invalid SESSIONFLOW_ setting: {problems}", err=True)
         raise typer.Exit(2) from None
-
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", envvar="SESSIONFLOW_DATA_DIR", help="The data dir of an embedded setup."
-    ),
-]
 
 
 def _connect(data_dir: Path | None):  # type: ignore[no-untyped-def]
@@ -45,15 +39,14 @@ def _connect(data_dir: Path | None):  # type: ignore[no-untyped-def]
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
     except psycopg.OperationalError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        typer.echo(f"Error: cannot reach the database: {first}", err=True)
+        typer.echo(f"Error: cannot reach the database: {first_line(exc)}", err=True)
         raise typer.Exit(1) from None
 
 
 @app.command()
 def create(
     owner: Annotated[str, typer.Option(help="Whose sessions the token sees.")],
-    data_dir: DataDir = None,
+    data_dir: options.DataDir = None,
 ) -> None:
     """Create a token for OWNER and print it (only it) on stdout."""
     from sessionflow.tokens import create_token
@@ -72,7 +65,7 @@ def revoke(
     token_id: Annotated[
         str, typer.Argument(help="The token's id (the hex after 'sf_'), or the token.")
     ],
-    data_dir: DataDir = None,
+    data_dir: options.DataDir = None,
 ) -> None:
     """Revoke a token: requests that carry it are refused from then on."""
     from sessionflow.tokens import revoke_token, token_id_of

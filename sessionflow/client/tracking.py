@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from sessionflow.backoff import backoff_seconds
 from sessionflow.client.http import ApiError, AuthError, ServerUnreachable
 from sessionflow.client.watch import WatchAuthError, WatchUnavailable, WatchUpdate
 from sessionflow.protocol import TERMINAL, BatchStatusResponse, SessionStatus
@@ -196,7 +197,7 @@ async def _track(
     board: _Board, deps: TrackerDeps, deadline: float, result: PipelineWaitResult
 ) -> None:
     use_ws = deps.transport in ("auto", "websocket") and deps.watch is not None
-    retry_delay = deps.ws_retry_initial
+    ws_failures = 0
     next_ws_attempt = deps.clock()
     polling = False
     while not board.done() and deps.clock() < deadline:
@@ -204,15 +205,18 @@ async def _track(
             try:
                 await _watch_once(board, deps, deadline, result)
                 polling = False
-                retry_delay = deps.ws_retry_initial
+                ws_failures = 0
                 continue  # the stream ended cleanly (done, or deadline): the loop decides
             except WatchAuthError as exc:
                 raise AuthError(str(exc)) from exc
             except WatchUnavailable as exc:
                 if board.done():
                     break
-                next_ws_attempt = deps.clock() + retry_delay
-                retry_delay = min(retry_delay * 2, deps.ws_retry_max)
+                ws_failures += 1
+                # One CLI is no herd: the waits need no jitter, and tests can tell them.
+                next_ws_attempt = deps.clock() + backoff_seconds(
+                    ws_failures, base=deps.ws_retry_initial, cap=deps.ws_retry_max, jitter=False
+                )
                 if deps.transport == "websocket":
                     await deps.sleep(max(0.0, min(next_ws_attempt, deadline) - deps.clock()))
                     continue

@@ -5,13 +5,13 @@ of transient failures."""
 from __future__ import annotations
 
 import asyncio
-import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from sessionflow.backoff import backoff_seconds
 from sessionflow.client.discovery import LocalFile, LocalSession
 from sessionflow.client.http import (
     ApiError,
@@ -187,7 +187,6 @@ async def _read(file: LocalFile) -> AsyncIterator[bytes]:
 
 async def _retrying(make: Callable[[], Awaitable[T]], options: UploadOptions) -> T:
     """make() again after a transient failure, with jittered exponential backoff."""
-    delay = options.retry_initial
     attempt = 1
     while True:
         try:
@@ -195,6 +194,7 @@ async def _retrying(make: Callable[[], Awaitable[T]], options: UploadOptions) ->
         except ClientError as exc:
             if not _transient(exc) or attempt >= options.attempts:
                 raise
-        await asyncio.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, options.retry_max)
+        await asyncio.sleep(
+            backoff_seconds(attempt, base=options.retry_initial, cap=options.retry_max)
+        )
         attempt += 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from sessionflow.backoff import backoff_seconds
 from sessionflow.protocol import (
     MAX_BATCH_IDS,
     WS_CLOSE_POLICY,
@@ -90,11 +90,6 @@ def _version(status: SessionStatus) -> int:
     return -1 if status.version is None else status.version
 
 
-def backoff_delay(attempt: int) -> float:
-    delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0**attempt)
-    return delay * random.uniform(0.5, 1.0)
-
-
 class _Dropped(Exception):
     """One connection failed in a way a later one may not: worth retrying."""
 
@@ -128,8 +123,8 @@ async def watch(
         except _Dropped as exc:
             if not reconnect:
                 raise WatchUnavailable(str(exc)) from exc.__cause__
-        await asyncio.sleep(backoff_delay(attempt))
         attempt += 1
+        await asyncio.sleep(backoff_seconds(attempt, base=BACKOFF_BASE, cap=BACKOFF_MAX))
 
 
 async def _connection(

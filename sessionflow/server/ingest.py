@@ -7,7 +7,6 @@ in-process worker's heartbeats, and a 256 MiB upload must not stall them."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tempfile
@@ -20,6 +19,7 @@ from typing import IO
 import anyio
 
 from sessionflow.server.errors import ApiError, bad_request
+from sessionflow.storage import discard
 
 # Largest piece inflated at once: memory per upload stays near this, whatever the ratio.
 _INFLATE_STEP = 1024 * 1024
@@ -45,11 +45,6 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(
         413, "too_large", f"the transcript is over the {limit}-byte limit (after decompression)"
     )
-
-
-def discard(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 class _Sink:

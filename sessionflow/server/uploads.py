@@ -12,8 +12,8 @@ from fastapi import Request
 from sessionflow.queries import Q
 from sessionflow.server.deps import AppState
 from sessionflow.server.errors import ApiError, bad_request
-from sessionflow.server.ingest import discard, receive_transcript
-from sessionflow.storage import transcript_key
+from sessionflow.server.ingest import receive_transcript
+from sessionflow.storage import discard, transcript_key
 
 TRANSCRIPT_BODY: dict[str, Any] = {
     "requestBody": {

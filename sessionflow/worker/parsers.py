@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from sessionflow.backoff import backoff_seconds
+from sessionflow.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +58,12 @@ def _context() -> Any:
     return context
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # dead but not yet reaped still answers the signal check
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _end_with(worker_pid: int) -> None:
     """Run in each parser process as it starts: end it once its worker is gone. A worker that
     is SIGKILLed cannot shut its pool down, and the parsers would wait for work forever."""
 
     def watch() -> None:
-        while _alive(worker_pid):
+        while alive(worker_pid):
             time.sleep(PARENT_CHECK_SECONDS)
         os._exit(0)
 
@@ -204,7 +192,7 @@ class ParserPool:
             except Exception as exc:  # jobs wait for it: keep trying, loudly
                 failures += 1
                 log.error("worker: could not start a parser process (%r); trying again", exc)
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                await asyncio.sleep(backoff_seconds(failures, base=1.0, cap=30.0))
         if self._closed:
             parser.end()
             return

@@ -29,6 +29,7 @@ from sessionflow.backoff import backoff_seconds
 from sessionflow.listen import ListenLink
 from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
+from sessionflow.processes import alive
 from sessionflow.queries import Q
 from sessionflow.settings import Settings
 from sessionflow.storage import ObjectStore
@@ -429,16 +430,6 @@ def _sweep_scratch(scratch_dir: Path) -> None:
         return
     for path in scratch_dir.glob("*-*.jsonl"):
         pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

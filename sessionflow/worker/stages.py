@@ -10,7 +10,6 @@ threads, so the event loop keeps renewing leases meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -30,7 +29,7 @@ from pydantic import ValidationError
 from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
 from sessionflow.protocol import nul_path
-from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError
+from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError, discard
 from sessionflow.transcript import read_lines
 from sessionflow.worker.claims import Claims, Conn, Job, JobFile
 from sessionflow.worker.parse import ParseResult, SessionParser, TranscriptError
@@ -85,8 +84,7 @@ def scratch_file(scratch_dir: Path) -> Path:
 
 def _discard_all(paths: list[Path]) -> None:
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        discard(path)
 
 
 class _Hashing:
