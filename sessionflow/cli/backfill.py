@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -149,10 +150,14 @@ async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict
     try:
         found = await asyncio.to_thread(discover, options.paths, max_bytes=options.max_bytes)
     except DiscoveryError as exc:
-        ui.warn(f"{exc}. Pass the folders that hold your transcripts (default ~/.claude/projects).")
+        ui.error(
+            f"{exc}. Pass the folders that hold your transcripts (default ~/.claude/projects)."
+        )
         report["error"] = str(exc)
         return EXIT_ERROR, report
     _account_for_files(found, report)
+    for path, why in found.unusable_paths:
+        ui.warn(f"{path} {why}; going on with the other paths")
     for path, why in found.skipped[:FAILED_SHOWN]:
         ui.warn(f"skipped {path}: {why}")
     if len(found.skipped) > FAILED_SHOWN:
@@ -181,18 +186,18 @@ async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict
                 loop.remove_signal_handler(signal.SIGINT)
     except AuthError as exc:
         ui.close()
-        ui.warn(
+        ui.error(
             f"{exc}. Check --token / SESSIONFLOW_TOKEN "
             "(`sessionflow token create --owner NAME` makes one)."
         )
         report["error"] = str(exc)
     except ServerUnreachable as exc:
         ui.close()
-        ui.warn(f"{exc}. Is the server running? Check --server / SESSIONFLOW_URL.")
+        ui.error(f"{exc}. Is the server running? Check --server / SESSIONFLOW_URL.")
         report["error"] = str(exc)
     except (LocalStackError, ClientError) as exc:
         ui.close()
-        ui.warn(str(exc))
+        ui.error(str(exc))
         report["error"] = str(exc)
     return EXIT_ERROR, report
 
@@ -239,6 +244,8 @@ async def _phases(
     report["uploaded"] = len(uploaded.uploaded)
     report["skipped"] = len(uploaded.skipped)
     report["upload_failed"] = [{"id": sid, "error": why} for sid, why in uploaded.failed]
+    if not uploaded.uploaded and not uploaded.failed:
+        ui.say(f"Nothing to upload: {len(uploaded.skipped)} already on the server.")
     for sid, why in uploaded.failed[:FAILED_SHOWN]:
         ui.warn(f"upload of {sid} failed: {why}")
     if len(uploaded.failed) > FAILED_SHOWN:
@@ -263,7 +270,7 @@ async def _phases(
         watch=lambda ids: watch(url, token, ids, reconnect=False),
         on_progress=ui.update_processing,
         on_fallback=fell_back,
-        timeout=options.timeout,
+        timeout=options.timeout or math.inf,  # 0: no limit
         poll_interval=options.poll_interval,
         reconcile_interval=options.reconcile_interval,
         transport=options.transport,
@@ -383,7 +390,11 @@ def command(
     force: Annotated[bool, typer.Option(help="Upload even what the server already has.")] = False,
     timeout: Annotated[
         float,
-        typer.Option(min=0, envvar="SESSIONFLOW_TIMEOUT", help="Seconds to wait for processing."),
+        typer.Option(
+            min=0,
+            envvar="SESSIONFLOW_TIMEOUT",
+            help="Seconds to wait for processing (0: no limit).",
+        ),
     ] = 600.0,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Track processing after the upload.")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -117,6 +118,21 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
+def server_url(value: str) -> str:
+    """--server as a URL: `localhost:8000` is taken as http://localhost:8000; anything but
+    http(s) is refused at once, with what to pass instead."""
+    text = value.strip().rstrip("/")
+    if "://" not in text:
+        text = f"http://{text}"
+    parsed = urlsplit(text)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise LocalStackError(
+            f"--server {value!r} is not a server's URL: give http://HOST:PORT or "
+            "https://HOST (SESSIONFLOW_URL)"
+        )
+    return text
+
+
 @contextmanager
 def endpoint(
     server: str | None, token: str | None, data_dir: Path, say: Callable[[str], None]
@@ -124,9 +140,10 @@ def endpoint(
     """(url, token, local) of the server to talk to: --server as given, or a local one that
     runs for the duration of the block."""
     if server:
+        url = server_url(server)
         if not token:
             raise LocalStackError("--server needs a token: set SESSIONFLOW_TOKEN or pass --token")
-        yield server, token, False
+        yield url, token, False
         return
     say(f"Starting the local sessionflow server (data in {data_dir})…")
     with local_stack(data_dir) as stack:

@@ -30,11 +30,30 @@ Token = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _usable_data_dir(value: Path | None) -> Path | None:
+    """A --data-dir that cannot be a folder is a usage error, not a traceback later."""
+    if value is not None:
+        folder = value.expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise typer.BadParameter(
+                f"{value} is a file, not a folder: give a folder (it is made if it is missing)"
+            )
+        for parent in folder.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise typer.BadParameter(f"{value} cannot be made: {parent} is a file")
+                break
+    return value
+
+
 DataDir = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
         envvar="SESSIONFLOW_DATA_DIR",
+        callback=_usable_data_dir,
         help="Where the embedded database and local transcripts live "
         "(default: ~/.local/share/sessionflow).",
         show_default=False,

@@ -189,7 +189,9 @@ def _subagent_table(runs: list[dict[str, Any]], total: int) -> Table:
     for run in runs:
         tokens = run.get("tokens") or {}
         total_tokens = sum(v for v in tokens.values() if isinstance(v, int))
-        asked = run.get("description") or _one_line(run.get("prompt"), 60) or ""
+        asked = run.get("description") or _one_line(run.get("first_prompt"), 60) or ""
+        if run.get("kind") not in (None, "task"):
+            asked = f"[{run['kind']}] {asked}".rstrip()
         if run.get("subagent_type"):
             asked = f"{asked} ({run['subagent_type']})" if asked else str(run["subagent_type"])
         cost = run.get("cost_usd")

@@ -24,6 +24,7 @@ def describe_pending(progress: Progress) -> str:
 class UI(Protocol):
     def say(self, message: str) -> None: ...
     def warn(self, message: str) -> None: ...
+    def error(self, message: str) -> None: ...
     def start_upload(self, total: int) -> None: ...
     def advance_upload(self, n: int) -> None: ...
     def finish_upload(self) -> None: ...
@@ -69,7 +70,10 @@ class TerminalUI:
         self.console.print(message, highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]Warning:[/] {message}", highlight=False)
+        self.console.print(Text.assemble(("Warning:", "yellow"), " ", message), highlight=False)
+
+    def error(self, message: str) -> None:
+        self.console.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False)
 
     def start_upload(self, total: int) -> None:
         self._ensure_started()
@@ -125,12 +129,15 @@ class PlainUI:
         self._line(message)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"Warning: {message}", highlight=False, soft_wrap=True)
+        self.err.print(f"Warning: {message}", highlight=False, soft_wrap=True, markup=False)
+
+    def error(self, message: str) -> None:
+        self.err.print(f"Error: {message}", highlight=False, soft_wrap=True, markup=False)
 
     def start_upload(self, total: int) -> None:
         self.upload_total = total
         self.last_line = time.monotonic()
-        self._line(f"Backfilling: {total} transcripts")
+        self._line(f"Backfilling: {total} session{'' if total == 1 else 's'}")
 
     def advance_upload(self, n: int) -> None:
         self.uploaded += n
@@ -143,7 +150,7 @@ class PlainUI:
 
     def start_processing(self, total: int) -> None:
         self.last_line = time.monotonic()
-        self._line(f"Processing: {total} sessions")
+        self._line(f"Processing: {total} session{'' if total == 1 else 's'}")
 
     def update_processing(self, progress: Progress) -> None:
         self.last_progress = progress

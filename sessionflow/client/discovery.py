@@ -113,14 +113,18 @@ class Discovery:
     sessions: list[LocalSession] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why), for people
     files_found: int = 0  # every *.jsonl looked at
+    unusable_paths: list[tuple[Path, str]] = field(default_factory=list)  # given, not searched
 
     @property
     def files_in_sessions(self) -> int:
         return sum(len(s.files) for s in self.sessions)
 
 
-def find_jsonl(paths: Sequence[Path]) -> list[Path]:
+def find_jsonl(paths: Sequence[Path], unusable: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The *.jsonl files under paths. A path that cannot be searched goes into unusable with
+    the reason; DiscoveryError only when none of the paths can be."""
     found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
     for root in paths:
         if root.is_file():
             found.append(root)
@@ -131,9 +135,15 @@ def find_jsonl(paths: Sequence[Path]) -> list[Path]:
                     Path(folder) / name for name in sorted(files) if name.endswith(".jsonl")
                 )
         elif not root.exists():
-            raise DiscoveryError(f"{root} does not exist")
+            problems.append((root, "does not exist"))
         else:
-            raise DiscoveryError(f"{root} is neither a file nor a folder")
+            problems.append((root, "is neither a file nor a folder"))
+    if problems and len(problems) == len(paths):
+        path, why = problems[0]
+        more = f" (nor do {len(problems) - 1} other paths)" if len(problems) > 1 else ""
+        raise DiscoveryError(f"{path} {why}{more}")
+    if unusable is not None:
+        unusable.extend(problems)
     return list(dict.fromkeys(found))
 
 
@@ -263,7 +273,7 @@ def discover(
     result = Discovery()
     parts: dict[str, dict[str | None, list[LocalFile]]] = {}  # session -> agent (None: main)
     projects: dict[str, str] = {}
-    for path in find_jsonl(paths):
+    for path in find_jsonl(paths, result.unusable_paths):
         result.files_found += 1
         on_file(path)
         try:

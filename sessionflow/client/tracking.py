@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -55,7 +56,7 @@ class TrackerDeps:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     on_progress: Callable[[Progress], None] = lambda _: None
     on_fallback: Callable[[str], None] = lambda _: None  # told why, once per switch to polling
-    timeout: float = 600.0
+    timeout: float = 600.0  # math.inf: no limit
     poll_interval: float = 3.0
     transport: Transport = "auto"
     ws_retry_initial: float = 2.0
@@ -270,7 +271,9 @@ async def _watch_once(
                 next_update = asyncio.ensure_future(anext(stream))
             racing: set[asyncio.Future[Any]] = {next_update, waiter}
             done, _ = await asyncio.wait(
-                racing, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                racing,
+                timeout=remaining if math.isfinite(remaining) else None,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             if next_update not in done:
                 if waiter in done:

@@ -119,10 +119,22 @@ async def backfill(
             finally:
                 on_progress(1)
 
-    async with asyncio.TaskGroup() as group:
-        for sid, missing in needed:
-            group.create_task(upload_one(by_id[sid], missing))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for sid, missing in needed:
+                group.create_task(upload_one(by_id[sid], missing))
+    except* (AuthError, ServerUnreachable) as fatal:
+        # Nothing else can work: the first such error, as itself (not a group of them).
+        raise _first_leaf(fatal) from None
     return result
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, Exception)
+    return first
 
 
 class _Unreadable(Exception):

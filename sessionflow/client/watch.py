@@ -222,14 +222,26 @@ def _refusal(url: str, exc: InvalidStatus) -> Exception:
     return WatchRejected("unavailable", f"no live stream at {url} (HTTP {status})")
 
 
+# What a close code means, for a person reading why the live stream stopped.
+_CLOSE_REASONS = {
+    1000: "the server ended the stream",
+    1001: "the server is shutting down",
+    1006: "the connection was cut",
+    1011: "the server hit a problem",
+    1012: "the server restarted",
+    1013: "the server is overloaded; try again later",
+}
+
+
 def _closed(url: str, exc: ConnectionClosed) -> Exception:
     code = exc.rcvd.code if exc.rcvd is not None else None
+    reason = exc.rcvd.reason if exc.rcvd is not None else ""
     if code == WS_CLOSE_UNAUTHORIZED:
-        return WatchAuthError(f"the server at {url} refused the API token")
+        return WatchAuthError(f"the server at {url} refused the API token (it was revoked?)")
     if code == WS_CLOSE_POLICY:
-        reason = exc.rcvd.reason if exc.rcvd is not None else ""
-        return WatchRejected(reason or "policy", "the server closed the stream (1008)")
-    return _Dropped(f"the live stream at {url} closed ({code or 'no close frame'})")
+        return WatchRejected(reason or "policy", "the server refused what the client asked")
+    what = _CLOSE_REASONS.get(code or 1006, reason or "the connection closed")
+    return _Dropped(f"the live stream at {url} stopped: {what}")
 
 
 def _json_body(body: bytes | bytearray | None) -> dict[str, Any]:

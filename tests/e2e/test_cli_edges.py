@@ -1,0 +1,128 @@
+"""The real CLI at the rough edges a new user hits: a --data-dir that cannot be a folder, a
+--server without its scheme or with a wrong one, a missing path among good ones, a server
+that refuses the token. Each ends in a sentence, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sessionflow.samples import write_sample_transcripts
+from tests.helpers import Processes, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def servers(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
+    s = Processes(db_dsn, tmp_path)
+    yield s
+    s.stop_all()
+
+
+def sessionflow(
+    home: Path, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    # Wide, so that rich's error box does not fold the paths the tests look for.
+    env = {**cli_env(token or "sf_none", home), "COLUMNS": "400"}
+    return subprocess.run(
+        [sys.executable, "-m", "sessionflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["backfill"],
+        ["show", "some-id"],
+        ["status", "some-id"],
+        ["serve"],
+        ["worker"],
+        ["token", "create", "--owner", "me"],
+    ],
+)
+def test_a_data_dir_that_cannot_be_a_folder_is_a_usage_error(
+    tmp_path: Path, command: list[str]
+) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    for data_dir in (not_a_folder, not_a_folder / "below"):
+        done = sessionflow(tmp_path, *command, "--data-dir", str(data_dir))
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert str(not_a_folder) in done.stderr and "is a file" in done.stderr
+
+
+def test_a_server_given_without_its_scheme_is_taken_as_http(
+    servers: Processes, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    server = servers.serve()
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 3, seed=2)
+    bare = server.url.removeprefix("http://")
+    done = sessionflow(
+        tmp_path, "backfill", str(folder), "--server", bare, "--json", token=make_token("a")
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["complete"] is True
+
+
+def test_a_server_of_another_scheme_is_refused_at_once(tmp_path: Path) -> None:
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 1, seed=2)
+    done = sessionflow(tmp_path, "backfill", str(folder), "--server", "ftp://example.test")
+    assert done.returncode == 1
+    assert "Error: --server 'ftp://example.test' is not a server's URL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_path_among_good_ones_is_a_warning_and_the_rest_go_on(
+    servers: Processes, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    server = servers.serve()
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 2, seed=4)
+    missing = tmp_path / "nowhere"
+    done = sessionflow(
+        tmp_path,
+        "backfill",
+        str(missing),
+        str(folder),
+        "--server",
+        server.url,
+        "--json",
+        token=make_token("a"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Warning: {missing} does not exist" in done.stderr
+    report = json.loads(done.stdout)
+    assert report["complete"] is True and report["uploaded"] == 2
+    # With no usable path at all it is an error.
+    only_missing = sessionflow(tmp_path, "backfill", str(missing), "--server", server.url)
+    assert only_missing.returncode == 1
+    assert f"Error: {missing} does not exist" in only_missing.stderr
+
+
+def test_a_refused_token_is_an_error_with_what_to_do_and_json_still_prints(
+    servers: Processes, tmp_path: Path
+) -> None:
+    server = servers.serve()
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 12, seed=5)
+    done = sessionflow(
+        tmp_path, "backfill", str(folder), "--server", server.url, "--json", token="sf_bad"
+    )
+    assert done.returncode == 1
+    assert "Error:" in done.stderr and "sessionflow token create" in done.stderr
+    assert "Traceback" not in done.stderr and "ExceptionGroup" not in done.stderr
+    assert "refused the API token" in json.loads(done.stdout)["error"]
