@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     storage_url: str | None = None  # default: file://<data_dir>/transcripts
     s3_endpoint_url: str | None = None
+    # What needs a PostgreSQL session of its own (LISTEN, the migrations) connects here: a
+    # direct URL when database_url goes through a transaction pooler. Default: database_url.
+    listen_database_url: str | None = None
+    # "transaction": database_url goes through a pooler in transaction mode (PgBouncer
+    # pool_mode=transaction). "none": it does not. "auto": look (see db.through_pooler).
+    database_pooler: Literal["auto", "none", "transaction"] = "auto"
 
     # Database pool.
     pool_min_size: int = Field(default=2, ge=1)
@@ -56,6 +62,9 @@ class Settings(BaseSettings):
     ws_max_watched: int = Field(default=10_000, ge=1)
     ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
     ws_coalesce_seconds: float = Field(default=0.02, ge=0)
+    # The largest message (frame) a client may send; None: what the largest valid watch
+    # message needs (see ws_message_limit).
+    ws_max_message_bytes: int | None = Field(default=None, ge=64)
     listen_ping_interval_seconds: float = Field(default=5.0, gt=0)
 
     # Worker.
@@ -103,3 +112,13 @@ class Settings(BaseSettings):
     @property
     def token_file(self) -> Path:
         return self.data_dir / "token"
+
+    @property
+    def ws_message_limit(self) -> int:
+        """The largest WebSocket message a client may send: ws_max_message_bytes, or by default
+        what the largest valid watch message needs: max_batch_ids ids of max_id_length
+        characters, each character in JSON's longest spelling (a surrogate pair of \\u
+        escapes, 12 bytes), with their quotes and commas, and 1 KiB for the rest."""
+        if self.ws_max_message_bytes is not None:
+            return self.ws_max_message_bytes
+        return self.max_batch_ids * (self.max_id_length * 12 + 4) + 1024

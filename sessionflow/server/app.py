@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from sessionflow.db import make_pool, migrate
+from sessionflow.db import connections, listen_impossible, make_pool, migrate, worker_pool_size
 from sessionflow.metrics import Metrics
 from sessionflow.server.deps import AppState
 from sessionflow.server.errors import install_error_handlers
@@ -29,17 +29,22 @@ def create_app(
 ) -> FastAPI:
     """run_worker: process sessions in this process too (what `sessionflow serve` does unless
     told --no-worker); off by default so that an app built for tests or embedding does not
-    move sessions behind its caller's back."""
+    move sessions behind its caller's back. The worker gets a pool of its own, sized from its
+    concurrency, so that however many jobs it runs the API's connections stay the API's."""
+    # Without LISTEN the hub would never hear a change: no live route, and clients poll.
+    live = settings.ws_enabled and not listen_impossible(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        links = await anyio.to_thread.run_sync(connections, settings, dsn)
         if migrate_on_start:
-            await anyio.to_thread.run_sync(migrate, dsn)
+            await anyio.to_thread.run_sync(migrate, links.migrate_dsn)
         pool = make_pool(
             dsn,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             timeout=settings.connect_timeout_seconds,
+            prepare=links.prepare,
         )
         store = open_store(
             settings.resolved_storage_url,
@@ -58,9 +63,9 @@ def create_app(
                 figures.start()
                 stack.push_async_callback(figures.stop)
                 app.state.database_figures = figures
-            if settings.ws_enabled:
+            if live and links.listen_dsn is not None:
                 hub = LiveHub(
-                    dsn,
+                    links.listen_dsn,
                     pool,
                     ping_interval=settings.listen_ping_interval_seconds,
                     connect_timeout=settings.connect_timeout_seconds,
@@ -73,9 +78,28 @@ def create_app(
             if run_worker:
                 from sessionflow.worker.runner import Worker
 
-                worker = Worker(settings, dsn=dsn, pool=pool, store=store, metrics=metrics)
+                worker_pool = make_pool(
+                    dsn,
+                    min_size=1,
+                    max_size=worker_pool_size(settings.worker_concurrency),
+                    timeout=settings.connect_timeout_seconds,
+                    prepare=links.prepare,
+                    name="sessionflow-worker",
+                )
+                await worker_pool.open(wait=True, timeout=settings.connect_timeout_seconds)
+                stack.push_async_callback(worker_pool.close)
+                worker_settings = settings
+                if links.listen_dsn is None:
+                    worker_settings = settings.model_copy(update={"worker_listen": False})
+                worker = Worker(
+                    worker_settings,
+                    dsn=links.listen_dsn or dsn,  # the worker's LISTEN link
+                    pool=worker_pool,
+                    store=store,
+                    metrics=metrics,
+                )
                 await worker.start()
-                stack.push_async_callback(worker.stop)  # before the pool closes
+                stack.push_async_callback(worker.stop)  # before the pools close
                 app.state.worker = worker
             yield
 
@@ -94,6 +118,6 @@ def create_app(
         app.include_router(metrics_route.router)
     app.include_router(sessions.router)
     app.include_router(files.router)
-    if settings.ws_enabled:
+    if live:
         app.include_router(watch.router)
     return app

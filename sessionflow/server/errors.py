@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sessionflow.logs import first_line
+
+log = logging.getLogger(__name__)
+
+# A client that gets a 503 may try again this many seconds later (and sessionflow's does).
+RETRY_AFTER_SECONDS = 1
 
 
 class ApiError(Exception):
@@ -75,7 +85,34 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "error")
         return _json(exc.status_code, code, str(exc.detail), exc.headers)
 
+    async def pool_timeout(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PoolTimeout)
+        log.warning("no database connection came free in time: %s", first_line(exc))
+        return _json(
+            503,
+            "unavailable",
+            "the server is busy: no database connection came free in time; try again shortly",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    async def database_down(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, psycopg.OperationalError)
+        log.warning("the database did not answer: %s", first_line(exc))
+        return _json(
+            503,
+            "unavailable",
+            "the database is not answering; try again shortly",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the exception with its traceback after this answer is sent.
+        return _json(500, "internal", "the server hit an unexpected error; its log says more")
+
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(PoolTimeout, pool_timeout)
+    app.add_exception_handler(psycopg.OperationalError, database_down)
+    app.add_exception_handler(Exception, unexpected)

@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIServer
 import psycopg
 from prometheus_client import start_http_server
 
-from sessionflow.db import make_pool, migrate
+from sessionflow.db import Connections, connections, make_pool, migrate, worker_pool_size
 from sessionflow.local import EmbeddedDatabaseError, resolve_database
 from sessionflow.metrics import Metrics
 from sessionflow.settings import Settings
@@ -29,7 +29,8 @@ def main(settings: Settings, *, concurrency: int | None = None) -> None:
     try:
         check_settings(settings)
         dsn, _embedded = resolve_database(settings)  # the handle keeps an embedded server up
-        migrate(dsn)
+        links = connections(settings, dsn)
+        migrate(links.migrate_dsn)
     except (WorkerConfigError, EmbeddedDatabaseError) as exc:
         raise WorkerStartError(str(exc)) from None
     except psycopg.OperationalError as exc:
@@ -37,25 +38,33 @@ def main(settings: Settings, *, concurrency: int | None = None) -> None:
         raise WorkerStartError(
             f"cannot reach the database: {first} (SESSIONFLOW_DATABASE_URL)"
         ) from None
-    asyncio.run(run(settings, dsn, concurrency=concurrency or settings.worker_concurrency))
+    asyncio.run(run(settings, links, concurrency=concurrency or settings.worker_concurrency))
 
 
-async def run(settings: Settings, dsn: str, *, concurrency: int) -> None:
+async def run(settings: Settings, links: Connections, *, concurrency: int) -> None:
     store = open_store(
         settings.resolved_storage_url,
         s3_endpoint_url=settings.s3_endpoint_url,
         data_dir=settings.data_dir,
     )
     pool = make_pool(
-        dsn,
+        links.dsn,
         min_size=1,
-        # A connection per running job, one to claim and one for the heartbeat.
-        max_size=max(settings.pool_max_size, concurrency + 2),
+        max_size=max(settings.pool_max_size, worker_pool_size(concurrency)),
         timeout=settings.connect_timeout_seconds,
+        prepare=links.prepare,
     )
     await pool.open(wait=True, timeout=settings.connect_timeout_seconds)
     try:
-        worker = Worker(settings, dsn=dsn, pool=pool, store=store, concurrency=concurrency)
+        if links.listen_dsn is None:  # LISTEN cannot work here: connections() said why
+            settings = settings.model_copy(update={"worker_listen": False})
+        worker = Worker(
+            settings,
+            dsn=links.listen_dsn or links.dsn,  # the LISTEN link's
+            pool=pool,
+            store=store,
+            concurrency=concurrency,
+        )
         exporter = serve_metrics(worker.metrics, settings)
         stop = asyncio.Event()
 

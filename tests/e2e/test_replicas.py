@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def counters(url: str) -> dict[str, float]:
 def test_a_client_of_replica_a_sees_every_change_to_sessions_uploaded_through_b(
     procs: Processes, make_token: Callable[[str], str]
 ) -> None:
-    a = procs.serve("--no-worker")
-    b = procs.serve("--no-worker")
+    fast_figures = {"SESSIONFLOW_METRICS_DB_INTERVAL_SECONDS": "0.1"}
+    a = procs.serve("--no-worker", env=fast_figures)
+    b = procs.serve("--no-worker", env=fast_figures)
     metrics_port = free_port()
     worker = procs.worker("--metrics-port", str(metrics_port), "--concurrency", "2")
     token = make_token("alice")
@@ -123,12 +125,19 @@ def test_a_client_of_replica_a_sees_every_change_to_sessions_uploaded_through_b(
     assert figures["sessionflow_pickup_latency_seconds_count"] == len(ids)
     # The replicas do no pipeline work, but both count the sessions the same way.
     for replica in (a, b):
-        sessions = {
-            sample.labels["lifecycle"]: sample.value
-            for family in text_string_to_metric_families(httpx.get(f"{replica.url}/metrics").text)
-            for sample in family.samples
-            if sample.name == "sessionflow_sessions"
-        }
+        deadline = time.monotonic() + 30
+        while True:  # the database's figures are read in the background, every 0.1 s here
+            sessions = {
+                sample.labels["lifecycle"]: sample.value
+                for family in text_string_to_metric_families(
+                    httpx.get(f"{replica.url}/metrics").text
+                )
+                for sample in family.samples
+                if sample.name == "sessionflow_sessions"
+            }
+            if sessions.get("failed") == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert sessions["failed"] == 1
         assert sessions["parsed"] + sessions["summarized"] == len(ids) - 1
         assert counters(f"{replica.url}/metrics")["sessionflow_jobs_claimed_total"] == 0

@@ -16,8 +16,9 @@ from typing import Any
 
 import psycopg
 
-from sessionflow.protocol import TERMINAL
+from sessionflow.protocol import TERMINAL, SessionFile, session_digest
 from sessionflow.samples import write_sample_transcripts
+from sessionflow.storage import transcript_key
 from tests.helpers import db_counts
 
 SESSIONS = 150
@@ -103,15 +104,20 @@ def assert_truthful_end(
     assert set(counts) <= TERMINAL, f"left in a non-terminal state: {counts}"
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT id, transcript_key, transcript_sha256, transcript_size FROM sessions"
-            " WHERE owner = %s",
+            "SELECT id, transcript_sha256, "
+            "session_files(files, transcript_sha256, transcript_size, metadata) "
+            "FROM sessions WHERE owner = %s",
             (owner,),
         ).fetchall()
-    for session_id, key, sha256, size in rows:
-        blob = store / key
-        assert blob.is_file(), f"the transcript of {session_id} is lost"
-        data = blob.read_bytes()
-        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha256, session_id
+    for session_id, digest, files in rows:
+        # Every file of the session is there, whole: its main transcript and its runs.
+        for file in files:
+            blob = store / transcript_key(file["sha256"])
+            assert blob.is_file(), f"{file['name']} of {session_id} is lost"
+            data = blob.read_bytes()
+            assert len(data) == file["size"], (session_id, file["name"])
+            assert hashlib.sha256(data).hexdigest() == file["sha256"], (session_id, file["name"])
+        assert session_digest([SessionFile(**f) for f in files]) == digest, session_id
     staging = store / ".staging"
     assert not staging.exists() or list(staging.iterdir()) == []
 
