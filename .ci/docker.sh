@@ -5,7 +5,9 @@
 #   2. builds every image from Debian packages (docker/build-images.sh: no image registry is
 #      needed, and images whose inputs did not change are reused from the last run);
 #   3. runs the integration tests on testcontainers' PostgreSQL (the locally built image);
-#   4. runs the compose smoke test (tests/docker): the whole stack, a backfill through the proxy.
+#   4. runs the compose tests (tests/docker): the whole stack, a backfill through the proxy, and
+#      one during which each kind of container (the S3 store, PostgreSQL, a replica, a worker,
+#      the proxy) is restarted, after which nothing may be missing.
 # When Docker cannot be had here (no package, no daemon, no container runs), it says so in a
 # loud banner and exits 0: the embedded-PostgreSQL run before it is what CI counts then.
 # A failing build or test, once Docker works, fails CI.
@@ -99,6 +101,6 @@ fi
 rm -rf "$pytest_cache"
 log "integration tests done after $(elapsed)"
 
-log "compose smoke test (tests/docker)"
+log "compose tests (tests/docker)"
 SESSIONFLOW_TEST_COMPOSE=1 uv run pytest tests/docker -q -p no:cacheprovider
 log "the Docker part took $(elapsed)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds every image sessionflow's Docker setup needs from Debian packages and PyPI alone, for
-# machines that reach no image registry: three Debian roots made with debootstrap and imported
-# (python, postgresql, nginx), then the images of Dockerfile and docker/*/Dockerfile on them.
+# Builds every image sessionflow's Docker setup needs from Debian packages, PyPI and npm alone,
+# for machines that reach no image registry: three Debian roots made with debootstrap and
+# imported (python, postgresql, nginx), then the images of Dockerfile and docker/*/Dockerfile on
+# them.
 #
 # Rebuilds nothing whose inputs did not change: every image is tagged with a hash of its inputs
 # and skipped when that tag exists; the debootstrap tarballs stay in $SESSIONFLOW_IMAGE_CACHE
@@ -153,7 +154,8 @@ nginx_job=$!
 
 build_image sessionflow Dockerfile . "$python_base" \
     .dockerignore pyproject.toml uv.lock README.md sessionflow sql docker/build-ca
-build_image sessionflow-s3 docker/moto/Dockerfile docker "$python_base" docker/moto docker/build-ca
+# The S3-compatible store: s3rver (npm) on Node.js from PyPI, on the python root.
+build_image sessionflow-s3 docker/s3/Dockerfile docker "$python_base" docker/s3 docker/build-ca
 
 wait "$postgres_job" || { echo "the postgresql root failed" >&2; exit 1; }
 wait "$nginx_job" || { echo "the nginx root failed" >&2; exit 1; }
