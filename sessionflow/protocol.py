@@ -12,10 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-MAX_BATCH_IDS = 500
-MAX_ID_LENGTH = 200
-MAX_SESSION_FILES = 1000
-MAX_FILE_NAME_LENGTH = 1000
+from sessionflow.limits import default
+
+# The defaults of the limits the wire documents (the server enforces its configured ones).
+MAX_BATCH_IDS = default("max_batch_ids")
+MAX_ID_LENGTH = default("max_id_length")
+MAX_SESSION_FILES = default("max_session_files")
+MAX_FILE_NAME_LENGTH = 1000  # a file's name as found, relative to its project folder
 
 
 class Lifecycle(StrEnum):

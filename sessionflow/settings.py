@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sessionflow.protocol import MAX_BATCH_IDS, MAX_ID_LENGTH, MAX_SESSION_FILES
+from sessionflow.limits import default, default_seconds
 
 MiB = 1024 * 1024
 
@@ -44,23 +44,27 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(default=10, ge=1)
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
 
-    # API limits.
-    max_batch_ids: int = Field(default=MAX_BATCH_IDS, ge=1)
-    max_register_sessions: int = Field(default=MAX_BATCH_IDS, ge=1)
-    max_id_length: int = Field(default=MAX_ID_LENGTH, ge=1)
-    max_metadata_bytes: int = Field(default=16 * 1024, ge=0)
-    max_json_body_bytes: int = Field(default=2 * MiB, ge=1024)
-    max_transcript_bytes: int = Field(default=256 * MiB, ge=1)  # each file of a session
-    max_session_files: int = Field(default=MAX_SESSION_FILES, ge=1)  # main + subagent runs
+    # API limits: defaults, and what each limits, in sessionflow/limits.py.
+    max_batch_ids: int = Field(default=default("max_batch_ids"), ge=1)
+    max_register_sessions: int = Field(default=default("max_register_sessions"), ge=1)
+    max_id_length: int = Field(default=default("max_id_length"), ge=1)
+    max_metadata_bytes: int = Field(default=default("max_metadata_bytes"), ge=0)
+    max_json_body_bytes: int = Field(default=default("max_json_body_bytes"), ge=1024)
+    max_transcript_bytes: int = Field(default=default("max_transcript_bytes"), ge=1)
+    max_session_files: int = Field(default=default("max_session_files"), ge=1)
     # Sessions registered but not uploaded yet, per owner, and how long such a registration
     # is kept (the upload usually follows within seconds).
-    max_pending_registrations: int = Field(default=100_000, ge=1)
-    registration_ttl_seconds: float = Field(default=86_400.0, gt=0)
+    max_pending_registrations: int = Field(default=default("max_pending_registrations"), ge=1)
+    registration_ttl_seconds: float = Field(
+        default=default_seconds("registration_ttl_seconds"), gt=0
+    )
 
     # Live stream (WebSocket) limits.
     ws_enabled: bool = True
-    ws_max_watched: int = Field(default=10_000, ge=1)
-    ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ws_max_watched: int = Field(default=default("ws_max_watched"), ge=1)
+    ws_ping_interval_seconds: float = Field(
+        default=default_seconds("ws_ping_interval_seconds"), gt=0
+    )
     ws_coalesce_seconds: float = Field(default=0.02, ge=0)
     # The largest message (frame) a client may send; None: what the largest valid watch
     # message needs (see ws_message_limit).
@@ -71,13 +75,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1)
     worker_poll_seconds: float = Field(default=5.0, gt=0)
     worker_lease_seconds: float = Field(default=30.0, gt=0)
-    worker_max_attempts: int = Field(default=3, ge=1)
+    worker_max_attempts: int = Field(default=default("worker_max_attempts"), ge=1)
     worker_retry_base_seconds: float = Field(default=1.0, ge=0)
     worker_retry_max_seconds: float = Field(default=60.0, ge=0)
     worker_listen: bool = True  # False: rely on the safety poll alone
     worker_ping_seconds: float = Field(default=5.0, gt=0)  # liveness ping of the LISTEN link
     worker_reconnect_max_seconds: float = Field(default=10.0, gt=0)
-    worker_job_timeout_seconds: float = Field(default=900.0, gt=0)
+    worker_job_timeout_seconds: float = Field(
+        default=default_seconds("worker_job_timeout_seconds"), gt=0
+    )
     worker_shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     worker_parser: Literal["process", "thread"] = "process"  # where parsing runs
     # Parse again, as background work, sessions whose result an older parser version made.
@@ -85,7 +91,7 @@ class Settings(BaseSettings):
     serve_worker: bool = True  # `sessionflow serve` runs an in-process worker
     summarizer: str = "heuristic"
     summarize_min_user_prompts: int = Field(default=2, ge=0)
-    parse_max_line_bytes: int = Field(default=64 * MiB, ge=1024)  # longer lines are skipped
+    parse_max_line_bytes: int = Field(default=default("parse_max_line_bytes"), ge=1024)
 
     # Observability.
     metrics_enabled: bool = True  # GET /metrics (Prometheus text, no token)
