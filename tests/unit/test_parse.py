@@ -159,6 +159,31 @@ def test_result_round_trips_through_json(basic: ParseResult) -> None:
     assert ParseResult.model_validate(stored) == basic
 
 
+def test_a_result_stored_before_subagents_and_costs_still_reads_back() -> None:
+    stored = {
+        "parse_status": "ok",
+        "session_id": SESSION,
+        "user_prompts": 2,
+        "tokens": {"input": 1, "output": 2, "cache_read": 3, "cache_creation": 4},
+        "models": ["claude-sonnet-4-20250514"],
+        "first_prompt": "hello",
+    }
+    old = ParseResult.model_validate(stored)
+    assert (old.subagents, old.subagents_total, old.cost_usd) == ([], 0, None)
+    assert (old.main_transcript, old.files, old.tokens_by_model) == (True, 1, {})
+
+
+def test_basic_prices_the_session_and_lists_its_sidechain_run(basic: ParseResult) -> None:
+    assert basic.cost_usd is not None and basic.cost_usd > 0
+    (run,) = basic.subagents
+    assert (run.agent_id, run.first_prompt) == (
+        "sidechain-1",
+        "Find every caller of get() in the codebase.",
+    )
+    assert run.tool_calls == 1
+    assert basic.interruptions == 1
+
+
 # --- damaged and foreign files -------------------------------------------------------------
 
 
@@ -253,7 +278,7 @@ def test_tool_result_only_user_events_are_not_prompts() -> None:
     assert result.user_prompts == 1
 
 
-def test_slash_command_followed_by_a_prompt_counts_and_titles_only_as_fallback() -> None:
+def test_slash_command_followed_by_a_prompt_counts_both_and_titles_the_command() -> None:
     command = "<command-message>review</command-message>\n<command-name>/review</command-name>\n"
     command += "<command-args>src/app.py</command-args>"
     result = parse_transcript(
@@ -264,13 +289,48 @@ def test_slash_command_followed_by_a_prompt_counts_and_titles_only_as_fallback()
 
     typed = parse_transcript(jsonl(user(command), assistant("m", []), user("a real question")))
     assert typed.user_prompts == 2
-    assert typed.first_prompt == "a real question"
+    assert typed.first_prompt == "/review src/app.py"  # typed first, so the first prompt
 
 
 def test_compact_summary_is_not_a_prompt() -> None:
     recap = user("This session is being continued from a previous conversation.")
     result = parse_transcript(jsonl({**recap, "isCompactSummary": True}, user("go on")))
     assert (result.user_prompts, result.first_prompt) == (1, "go on")
+
+
+def test_api_errors_are_counted_with_or_without_their_flag_and_retries_apart() -> None:
+    def synthetic(message_id: str, text: str, **extra: object) -> dict[str, object]:
+        message = {
+            "id": message_id,
+            "model": "<synthetic>",
+            "content": [{"type": "text", "text": text}],
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return {"type": "assistant", "message": message, **extra}
+
+    retry = {"type": "system", "subtype": "api_error", "retryAttempt": 1, "maxRetries": 10}
+    result = parse_transcript(
+        jsonl(
+            user("go"),
+            retry,
+            synthetic("e1", "API Error: 529 overloaded", isApiErrorMessage=True),
+            synthetic("e2", "API Error: 500 Internal server error"),  # older: no flag
+            synthetic("e3", "Limit reached · resets 7pm", isApiErrorMessage=True),
+            synthetic("e4", "No response requested."),  # made up, but not an error
+        )
+    )
+    assert (result.api_errors, result.api_retries) == (3, 1)
+    assert result.models == []
+
+
+def test_tool_errors_count_results_marked_is_error() -> None:
+    def tool_result(error: object) -> dict[str, object]:
+        return {"type": "tool_result", "tool_use_id": "t", "content": "x", "is_error": error}
+
+    result = parse_transcript(
+        jsonl(user([tool_result(True), tool_result(False)]), user([tool_result("true")]))
+    )
+    assert result.tool_errors == 1
 
 
 def test_first_prompt_is_cut_to_a_bounded_length() -> None:
