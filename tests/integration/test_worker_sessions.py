@@ -5,6 +5,7 @@ are parsed again in the background, behind new work."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -187,3 +188,64 @@ async def test_a_session_an_older_release_replaced_by_a_subagent_log_gets_its_tr
     assert sorted(f["sha256"] for f in files) == sorted(f.sha256 for f in session.files)
     assert done["lifecycle"] in ("parsed", "summarized"), done["error"]
     assert done["parse_result"]["user_prompts"] > before["parse_result"]["user_prompts"]
+
+
+async def test_nul_bytes_and_huge_strings_in_a_transcript_are_cleaned_not_retried(
+    live_server: LiveServer, token: str, tmp_path: Path, db_dsn: str, start_worker: StartWorker
+) -> None:
+    from sessionflow.worker.parse import MAX_NAME_CHARS, MAX_PATH_CHARS, MAX_PROMPT_CHARS
+
+    huge = "x" * 1_000_000
+    nul = "a\u0000b"
+    events = [
+        {
+            "type": "user",
+            "sessionId": "hostile",
+            "cwd": f"/src/{nul}{huge}",
+            "gitBranch": f"main{nul}{huge}",
+            "timestamp": "2025-08-20T10:00:00.000Z",
+            "message": {"role": "user", "content": f"do it {nul} {huge}"},
+        },
+        {
+            "type": "assistant",
+            "sessionId": "hostile",
+            "timestamp": "2025-08-20T10:00:05.000Z",
+            "requestId": "req_1",
+            "message": {
+                "id": "msg_1",
+                "role": "assistant",
+                "model": f"claude{nul}{huge}",
+                "usage": {"input_tokens": 3, "output_tokens": 5},
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": f"Edit{nul}{huge}",
+                        "input": {"file_path": f"/src/{nul}{huge}.py"},
+                    },
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_2",
+                        "name": "Write",
+                        "input": {"file_path": f"/src/{nul}{huge}.py"},
+                    },
+                ],
+            },
+        },
+    ]
+    folder = tmp_path / "p" / "-src"
+    folder.mkdir(parents=True)
+    (folder / "hostile.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    await upload_all(live_server, token, tmp_path / "p")
+    await start_worker()
+    done = await wait_for(db_dsn, "hostile")
+    assert done["lifecycle"] in ("parsed", "summarized"), done["error"]
+    assert done["attempts"] == 1  # not retried as if the database were away
+    result = done["parse_result"]
+    assert "\u0000" not in json.dumps(result)
+    assert len(result["cwd"]) <= MAX_PATH_CHARS
+    assert len(result["git_branch"]) <= MAX_NAME_CHARS
+    assert len(result["first_prompt"]) <= MAX_PROMPT_CHARS
+    assert all(len(m) <= MAX_NAME_CHARS for m in result["models"])
+    assert all(len(name) <= MAX_NAME_CHARS for name in result["tool_calls_by_name"])
+    assert all(len(path) <= MAX_PATH_CHARS for path in result["files_touched"])
