@@ -209,11 +209,13 @@ SELECT 1;
 -- ===== live stream: snapshots for the hub =====
 
 -- name: live_listen
--- The hub's one LISTEN per server process (sessionflow/server/live.py).
+-- The hub's one LISTEN per server process (sessionflow/server/live.py): changes of sessions,
+-- and revocations of API tokens (sql/003_token_revocation.sql).
 LISTEN session_lifecycle;
+LISTEN api_token_revoked;
 
 -- name: live_snapshot
--- What a watch is answered with, and what a resync re-reads: the batch-status shape.
+-- What a watch is answered with: the batch-status shape.
 SELECT id, lifecycle, parse_status, version
 FROM sessions WHERE owner = %(owner)s AND id = ANY(%(ids)s);
 
@@ -223,3 +225,22 @@ SELECT lifecycle, count(*) FROM sessions GROUP BY lifecycle;
 
 -- name: metrics_notification_queue_usage
 SELECT pg_notification_queue_usage();
+
+-- ===== live stream: resync and token revocation =====
+
+-- name: live_resync
+-- What the hub re-reads after its LISTEN was lost: watched sessions of many owners at once,
+-- given as (owner, id) pairs.
+SELECT s.owner, s.id, s.lifecycle, s.parse_status, s.version
+FROM unnest(%(owners)s::text[], %(ids)s::text[]) AS w(owner, id)
+JOIN sessions AS s ON s.owner = w.owner AND s.id = w.id;
+
+-- name: token_identity
+-- The live stream's handshake: whose token it is, and its id (revoking it closes the stream).
+SELECT id, owner FROM api_tokens WHERE token_hash = %(token_hash)s AND revoked_at IS NULL;
+
+-- name: tokens_revoked
+-- Which of these token ids are revoked or gone: what the hub checks for its open connections
+-- after its LISTEN was lost (a revocation meanwhile was not heard).
+SELECT t.id FROM unnest(%(ids)s::text[]) AS t(id)
+WHERE NOT EXISTS (SELECT 1 FROM api_tokens AS a WHERE a.id = t.id AND a.revoked_at IS NULL);

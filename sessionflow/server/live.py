@@ -1,14 +1,24 @@
-"""The live hub: ONE `LISTEN session_lifecycle` connection per server process, fanned out
-in-process to the WebSocket subscriptions that watch each (owner, id).
+"""The live hub: ONE LISTEN connection per server process, on `session_lifecycle` (fanned out
+in-process to the WebSocket subscriptions that watch each (owner, id)) and on
+`api_token_revoked` (which closes the subscriptions opened with that token).
 
 NOTIFY only wakes; the table is the truth. A subscription is answered with a snapshot read
-after its watch is registered, and after every (re)connect of the LISTEN connection each
-subscription gets a fresh read of its watched, non-terminal ids. Every state carries the
-row's `version`, and whatever arrives is merged by keeping the higher one, so order and
-duplicates do not matter.
+after its watch is registered. After every (re)connect of the LISTEN connection, whatever was
+missed meanwhile is read again: the tokens of open connections (a revoked one is closed), and
+the state of every watched id, terminal ones included (a re-ingest may have moved one back to
+queued), in chunks of (owner, id) pairs. Every state carries the row's `version`, and whatever
+arrives is merged by keeping the higher one, so order and duplicates do not matter.
 
 The hub never waits on a client: delivering a notification writes into the subscription's
 buffer (latest state per id) and sets an event; each connection's own sender task drains it.
+What a subscription holds is bounded by the ids it watches, whatever its client sends or fails
+to read: at most one state per id waiting, the last state sent per id, and at most one
+snapshot waiting (the connection reads its client's next request only once that one is taken,
+see `Subscription.drained`).
+
+Revocation: the connections of a revoked (or deleted) token are closed with 4401, and the
+hub's revocation listeners (a cache of tokens, say) are told its id; each time the hub listens
+again they are told None, "forget them all", since a revocation meanwhile went unheard.
 """
 
 from __future__ import annotations
@@ -18,9 +28,8 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -29,16 +38,22 @@ from sessionflow.backoff import backoff_seconds
 from sessionflow.listen import FIRST_RETRY_SECONDS, ListenLink
 from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
-from sessionflow.protocol import MAX_BATCH_IDS, TERMINAL
+from sessionflow.protocol import MAX_BATCH_IDS, WS_CLOSE_UNAUTHORIZED
 from sessionflow.queries import Q
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 CHANNEL = "session_lifecycle"
 APPLICATION_NAME = "sessionflow-live"
-# Ids per snapshot query and per message the server sends.
+# Ids (or tokens) per query, and ids per message the server sends.
 QUERY_CHUNK = 1000
 MESSAGE_CHUNK = MAX_BATCH_IDS
+REVOKED = "the API token was revoked"
+
+# Told the id of each token revoked, or None when revocations may have gone unheard.
+RevocationListener = Callable[[str | None], None]
 
 
 class LiveState(NamedTuple):
@@ -66,7 +81,7 @@ def encode_statuses(statuses: dict[str, LiveState], not_found: Sequence[str] = (
     )
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -79,21 +94,26 @@ class _Snapshot(NamedTuple):
 class Subscription:
     """One WebSocket connection's view: what it watches, what it was last sent, and what is
     waiting to be sent. Memory is bounded by the number of watched ids, never by the rate of
-    change: the buffer keeps one state per id, the one with the highest version."""
+    change nor by how many requests its client sends: the buffer keeps one state per id, the
+    one with the highest version, and one snapshot at most waits to be sent."""
 
     __slots__ = (
         "_buffer",
+        "_drained",
         "_pending",
         "_sent",
-        "_snapshots",
+        "_snapshot",
+        "closing",
         "notified_at",
         "owner",
+        "token_id",
         "wake",
         "watched",
     )
 
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, token_id: str | None = None) -> None:
         self.owner = owner
+        self.token_id = token_id  # the API token the connection was opened with
         self.watched: set[str] = set()
         self.wake = asyncio.Event()
         # Ids whose snapshot is not sent yet: their deltas wait, so that the first answer
@@ -101,14 +121,28 @@ class Subscription:
         self._pending: set[str] = set()
         self._buffer: dict[str, LiveState] = {}
         self._sent: dict[str, LiveState] = {}
-        self._snapshots: deque[_Snapshot] = deque()
+        self._snapshot: _Snapshot | None = None
+        # Made only while the receiver waits for the sender to take the snapshot.
+        self._drained: asyncio.Future[None] | None = None
         # When the hub received the oldest NOTIFY whose change waits in the buffer (metrics).
         self.notified_at: float | None = None
+        # Set when the hub ends the connection: (close code, reason).
+        self.closing: tuple[int, str] | None = None
 
     @property
     def held(self) -> int:
         """States waiting to be sent: never more than the ids watched."""
         return len(self._buffer)
+
+    @property
+    def snapshot_waiting(self) -> bool:
+        return self._snapshot is not None
+
+    def close(self, code: int, reason: str) -> None:
+        """Called by the hub: end this connection with `code` (its sender sees it at once)."""
+        if self.closing is None:
+            self.closing = (code, reason)
+        self.wake.set()
 
     def expect(self, session_id: str) -> None:
         """Watch `session_id`; its deltas wait until its snapshot is taken for sending."""
@@ -128,23 +162,32 @@ class Subscription:
             self.wake.set()
 
     def add_snapshot(self, ids: list[str], rows: dict[str, LiveState]) -> None:
-        self._snapshots.append(_Snapshot(ids, rows))
+        """Queue the answer to one watch request; one at most waits (see `drained`)."""
+        if self._snapshot is not None:
+            raise RuntimeError("a snapshot already waits to be sent: await drained() first")
+        self._snapshot = _Snapshot(ids, rows)
         self.wake.set()
 
-    def unfinished(self) -> list[str]:
-        """Watched ids last seen in a non-terminal state, or not seen at all."""
-        return [
-            sid
-            for sid in self.watched
-            if (sent := self._sent.get(sid)) is None or sent.lifecycle not in TERMINAL
-        ]
+    async def drained(self) -> None:
+        """Return once no snapshot waits to be taken by the sender: at once, unless the client
+        sends requests faster than it reads their answers. Awaited before each request is
+        read, so that such a client is held back by TCP instead of queued in memory."""
+        if self._snapshot is None:
+            return
+        self._drained = asyncio.get_running_loop().create_future()
+        try:
+            await self._drained
+        finally:
+            self._drained = None
 
     def take_messages(self) -> list[str]:
-        """Everything ready to send, as encoded messages: snapshots first (each merged with
-        any newer buffered state), then the buffered deltas of ids already answered."""
+        """Everything ready to send, as encoded messages: the snapshot first (merged with any
+        newer buffered state), then the buffered deltas of ids already answered."""
         messages: list[str] = []
-        while self._snapshots:
-            snapshot = self._snapshots.popleft()
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None:
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
             statuses: dict[str, LiveState] = {}
             not_found: list[str] = []
             for sid in snapshot.ids:
@@ -201,6 +244,11 @@ class LiveHub:
         self._reconnect_max = reconnect_max
         self._index: dict[tuple[str, str], set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
+        self._by_token: dict[str, set[Subscription]] = {}
+        self._revocation_listeners: list[RevocationListener] = []
+        # Bumped by every revocation heard and every LISTEN (re)established: a connection whose
+        # token was checked across a bump checks it again (see token_epoch).
+        self._token_epoch = 0
         self._supervisor: asyncio.Task[None] | None = None
         # Its `sessions` and `notifications` count LISTENs established and notifications
         # received (observability, tests).
@@ -210,7 +258,7 @@ class LiveHub:
             application_name=APPLICATION_NAME,
             listen_sql=Q.live_listen,
             on_notify=self._dispatch,
-            on_listening=self._resync,
+            on_listening=self._caught_up,
             ping_seconds=ping_interval,
             connect_timeout=connect_timeout,
             reconnect_max_seconds=reconnect_max,
@@ -254,13 +302,29 @@ class LiveHub:
 
     # --- subscriptions ------------------------------------------------------------------
 
-    def subscribe(self, owner: str) -> Subscription:
-        subscription = Subscription(owner)
+    @property
+    def token_epoch(self) -> int:
+        """Changes whenever a revocation is heard or LISTEN is (re)established. A token checked
+        while it changed may have been revoked before its connection subscribed, where the hub
+        could not close it: check it again."""
+        return self._token_epoch
+
+    def subscribe(self, owner: str, token_id: str | None = None) -> Subscription:
+        """A subscription for a connection of `owner`, opened with the token `token_id`:
+        revoking that token closes it."""
+        subscription = Subscription(owner, token_id)
         self._subscriptions.add(subscription)
+        if token_id is not None:
+            self._by_token.setdefault(token_id, set()).add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+        token_id = subscription.token_id
+        if token_id is not None and (same := self._by_token.get(token_id)) is not None:
+            same.discard(subscription)
+            if not same:
+                del self._by_token[token_id]
         owner = subscription.owner
         for sid in subscription.watched:
             key = (owner, sid)
@@ -313,10 +377,37 @@ class LiveHub:
         if notified_at is not None and self.metrics is not None:
             self.metrics.notify_send_latency.observe(time.monotonic() - notified_at)
 
+    def on_token_revoked(self, listener: RevocationListener) -> None:
+        """Call `listener(token_id)` for every token revoked or deleted from now on, and
+        `listener(None)` whenever the hub listens again after a loss (revocations meanwhile
+        went unheard: whatever it caches about tokens, it should forget)."""
+        self._revocation_listeners.append(listener)
+
+    def _tell_revocation(self, token_id: str | None) -> None:
+        for listener in self._revocation_listeners:
+            try:
+                listener(token_id)
+            except Exception:
+                log.exception("live hub: a revocation listener failed")
+
+    def _close_connections_of(self, token_id: str) -> None:
+        subscriptions = self._by_token.get(token_id)
+        if subscriptions:
+            log.info("live hub: closing %d connections of a revoked token", len(subscriptions))
+            for subscription in subscriptions:
+                subscription.close(WS_CLOSE_UNAUTHORIZED, REVOKED)
+
     def _dispatch(self, payload: str) -> None:
         received = time.monotonic()
         try:
             data: dict[str, Any] = json.loads(payload)
+            # The one LISTEN connection hears both channels; a revocation says so.
+            if isinstance(data, dict) and "revoked_token" in data:
+                self._token_epoch += 1
+                token_id = str(data["revoked_token"])
+                self._close_connections_of(token_id)
+                self._tell_revocation(token_id)
+                return
             owner, sid = str(data["owner"]), str(data["id"])
             state = LiveState(
                 int(data["version"]), str(data["lifecycle"]), str(data["parse_status"])
@@ -326,14 +417,17 @@ class LiveHub:
             return
         self.deliver(owner, sid, state, received)
 
-    async def _resync(self) -> None:
-        """Feed every subscription the current state of its watched, non-terminal ids, until
-        it succeeds (it is cancelled if the LISTEN connection is lost meanwhile)."""
+    async def _caught_up(self) -> None:
+        """LISTEN is (re)established: catch up with what nobody heard meanwhile, retrying until
+        it succeeds (it is cancelled if the LISTEN connection is lost again)."""
+        self._token_epoch += 1
+        self._tell_revocation(None)
         if not self._subscriptions:
             return
         failures = 0
         while True:
             try:
+                await self._check_tokens()
                 await self._resync_once()
                 return
             except psycopg.Error as exc:
@@ -343,15 +437,30 @@ class LiveHub:
                 backoff_seconds(failures, base=FIRST_RETRY_SECONDS, cap=self._reconnect_max)
             )
 
+    async def _check_tokens(self) -> None:
+        """Close the connections whose token was revoked or deleted."""
+        token_ids = list(self._by_token)
+        for chunk in _chunks(token_ids, QUERY_CHUNK):
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(Q.tokens_revoked, {"ids": list(chunk)})
+                revoked = [str(token_id) for (token_id,) in await cur.fetchall()]
+            for token_id in revoked:
+                self._close_connections_of(token_id)
+
     async def _resync_once(self) -> None:
-        by_owner: dict[str, set[str]] = {}
-        for subscription in list(self._subscriptions):
-            by_owner.setdefault(subscription.owner, set()).update(subscription.unfinished())
-        count = 0
-        for owner, ids in by_owner.items():
-            if not ids:
-                continue
-            for sid, state in (await self._read(owner, sorted(ids))).items():
-                self.deliver(owner, sid, state)
-            count += len(ids)
-        log.info("live hub: resynced %d watched ids of %d owners", count, len(by_owner))
+        """Feed every subscription the current state of every id it watches. The (owner, id)
+        pairs come from the index, each once however many connections watch it, and are read
+        a chunk at a time, each on a pool connection of its own for no longer than its query."""
+        pairs = list(self._index)
+        for chunk in _chunks(pairs, QUERY_CHUNK):
+            params = {"owners": [owner for owner, _ in chunk], "ids": [sid for _, sid in chunk]}
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(Q.live_resync, params, prepare=True)
+                rows = await cur.fetchall()
+            for owner, sid, lifecycle, parse_status, version in rows:
+                self.deliver(owner, sid, LiveState(version, lifecycle, parse_status))
+        log.info(
+            "live hub: resynced %d watched ids of %d connections",
+            len(pairs),
+            len(self._subscriptions),
+        )

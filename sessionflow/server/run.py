@@ -11,11 +11,12 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import uvicorn
 
-from sessionflow.db import migrate
+from sessionflow.db import migrate, migration_dsn
 from sessionflow.local import resolve_database
 from sessionflow.server.app import create_app
 from sessionflow.settings import Settings
@@ -66,6 +67,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn runs the live stream's WebSockets.
+
+    - A frame past settings.ws_message_limit (what the largest valid watch message needs, not
+      uvicorn's 16 MiB) is cut with close 1009 as soon as its header gives its length: it is
+      never buffered nor parsed.
+    - A ping every ws_ping_interval_seconds; a client that does not answer one within as long
+      again is dropped (and the watch route drops one that stops reading as quickly).
+    - No permessage-deflate: its compressor state would cost each connection tens of KiB,
+      whatever the client sends, for messages too small to gain from it."""
+    return {
+        "ws_max_size": settings.ws_message_limit,
+        "ws_ping_interval": settings.ws_ping_interval_seconds,
+        "ws_ping_timeout": settings.ws_ping_interval_seconds,
+        "ws_per_message_deflate": False,
+    }
+
+
 def serve(
     settings: Settings,
     host: str,
@@ -75,7 +94,7 @@ def serve(
 ) -> None:
     dsn, embedded = resolve_database(settings)
     try:
-        migrate(dsn)
+        migrate(migration_dsn(settings, dsn))
     except psycopg.OperationalError as exc:
         raise ServeError(f"cannot reach the database: {exc}".splitlines()[0]) from exc
     if embedded is not None and ensure_local_token(dsn, settings.token_file):
@@ -101,9 +120,8 @@ def serve(
         log_config=None,
         access_log=False,
         lifespan="on",
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
         timeout_graceful_shutdown=10,
+        **websocket_options(settings),
     )
     server = uvicorn.Server(config)
     say(f"sessionflow serving on http://{shown_host}:{bound_port}")

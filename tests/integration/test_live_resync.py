@@ -1,6 +1,7 @@
 """Losing the hub's LISTEN connection: /readyz says so, the hub reconnects, and every client
-is resynced from the table, so changes whose NOTIFY nobody heard still reach it. Then the
-same through a real PostgreSQL restart mid-watch."""
+is resynced from the table, so changes whose NOTIFY nobody heard still reach it, a session
+moved from a terminal state back to queued included. Then the same through a real PostgreSQL
+restart mid-watch."""
 
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ from tests.integration.live_support import (
     advance,
     db_states,
     insert_sessions,
+    merge,
+    open_ws,
     path_for,
+    receive,
+    send_watch,
 )
+from tests.integration.ws_support import listen_outage
 
 GUARD = 60.0  # stops a hung test; measures nothing
 IDS = [f"s{i}" for i in range(20)]
@@ -227,3 +233,28 @@ async def test_clients_converge_through_a_postgresql_restart_mid_watch(
         for follower in followers:
             await follower.close()
         live.stop()
+
+
+async def test_a_session_moved_from_terminal_back_to_queued_while_the_hub_could_not_listen_reaches_the_client(  # noqa: E501
+    live_server: LiveServer, db_dsn: str, pg_admin_dsn: str, make_token: Callable[[str], str]
+) -> None:
+    """The resync reads terminal sessions too: a re-ingest may have moved one back."""
+    insert_sessions(db_dsn, "alice", ["done", "busy"])
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+        await drive_to_the_end(conn, "alice", {"done": ["downloading", "parsing", "parsed"]})
+    async with await open_ws(live_server.url, make_token("alice")) as ws:
+        await send_watch(ws, ["done", "busy"])
+        known: dict[str, State] = {}
+        merge(known, await receive(ws))
+        assert known["done"][0] == "parsed"
+        async with listen_outage(db_dsn, pg_admin_dsn, hub_of(live_server)) as conn:
+            # A re-ingest of a changed transcript, while nobody listens.
+            await conn.execute(
+                "UPDATE sessions SET lifecycle = 'queued', parse_status = 'pending',"
+                " queued_at = now() WHERE owner = 'alice' AND id = 'done'"
+            )
+        expected = await db_states(db_dsn, "alice", ["done", "busy"])
+        assert expected["done"][0] == "queued"
+        async with asyncio.timeout(GUARD):
+            while known != expected:
+                merge(known, await receive(ws))

@@ -143,7 +143,7 @@ async def test_watch_without_reconnect_raises_unavailable_when_the_connection_dr
         async with aclosing(watch(server.url, token, ["s1"], reconnect=False)) as updates:
             assert (await anext(updates)).snapshot
             await asyncio.to_thread(server.stop)
-            with pytest.raises(WatchUnavailable, match="closed"):
+            with pytest.raises(WatchUnavailable, match="stopped"):
                 async with asyncio.timeout(GUARD):
                     await anext(updates)
     finally:

@@ -89,20 +89,6 @@ def test_deltas_are_sent_in_messages_of_at_most_500_ids() -> None:
     assert [len(m["statuses"]) for m in messages] == [500, 500, 200]
 
 
-def test_unfinished_lists_watched_ids_not_seen_in_a_terminal_state() -> None:
-    sub = Subscription("alice")
-    answered(
-        sub,
-        ["a", "b", "c", "d"],
-        {
-            "a": LiveState(1, "summarized", "ok"),
-            "b": LiveState(2, "parsing", "pending"),
-            "c": LiveState(3, "failed", "failed"),
-        },
-    )
-    assert sorted(sub.unfinished()) == ["b", "d"]
-
-
 async def test_hub_delivers_only_to_subscriptions_of_that_owner_and_id() -> None:
     hub = LiveHub("postgresql://unused", pool=None, ping_interval=1, connect_timeout=1)  # type: ignore[arg-type]
     alice, bob = hub.subscribe("alice"), hub.subscribe("bob")

@@ -4,13 +4,26 @@ The client sends `watch` messages (protocol.WatchMessage); each is answered with
 of those ids, then their changes follow as deltas, coalesced per connection. Each connection
 runs two tasks: a receiver (requests, snapshots) and a sender (drains the hub's buffer).
 
+Bounds, whatever the client sends or fails to read:
+- One answer at most waits to be sent: the receiver reads the client's next request only once
+  the sender has taken the last answer. A client that sends without reading is held back by
+  TCP, not queued in memory, and costs one snapshot query per answer it takes.
+- A client that stops reading is dropped once a write has waited ws_ping_interval_seconds for
+  it, as the keepalive drops one that stops answering pings after as long again. Every other
+  write to the client (an error, a close) is bounded by the same window.
+- A message is at most settings.ws_message_limit long (by default what the largest valid one
+  needs), and its ids are counted before anything else about them is validated.
+
 Refusals: a missing, unknown or revoked token gets HTTP 403 before the handshake completes
 (503 if the database cannot tell). A message the protocol does not allow gets an `error`
-message, then close code 1008: `bad_message` (not JSON text, not an object, no type, or not
+message, then close code 1008: `message_too_large` (longer than ws_message_limit, refused by
+its length alone; `sessionflow serve` has uvicorn cut such a frame even before it is read,
+with close 1009 and no message), `bad_message` (not JSON text, not an object, no type, or not
 the shape of a watch message), `unknown_type`, `too_many_ids` (over max_batch_ids in one
 message), `invalid_id` (over max_id_length, or holding NUL), `watch_limit` (over
 ws_max_watched on one connection). A snapshot the database cannot give closes with 1011:
-the client retries."""
+the client retries. Revoking (or deleting) the token a connection was opened with closes it
+with 4401 (protocol.WS_CLOSE_UNAUTHORIZED), with no `error` message first."""
 
 from __future__ import annotations
 
@@ -22,13 +35,16 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
 from sessionflow.logs import set_owner
 from sessionflow.protocol import WS_CLOSE_POLICY, ErrorMessage, WatchMessage, lookup_id_problem
-from sessionflow.server.deps import AppState, bearer_token, owner_of_token
+from sessionflow.queries import Q
+from sessionflow.server.deps import AppState, bearer_token
 from sessionflow.server.live import DatabaseUnavailable, LiveHub, Subscription
 from sessionflow.settings import Settings
+from sessionflow.tokens import hash_token
 
 log = logging.getLogger(__name__)
 
@@ -45,72 +61,146 @@ class Violation:
     detail: str
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How the sender ended a connection: a close code and reason, or code None when the
+    client does not read (a close frame would never reach it)."""
+
+    code: int | None
+    reason: str
+
+
 @router.websocket(WATCH_PATH)
 async def watch_sessions(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.sessionflow
     hub: LiveHub = websocket.app.state.live_hub
-    token = bearer_token(websocket.headers.get("authorization"))
+    subscription = await _authenticate(websocket, state.pool, hub)
+    if subscription is None:
+        return
     try:
-        owner = await owner_of_token(state.pool, token)
+        set_owner(subscription.owner)
+        await websocket.accept()
+        await _serve(websocket, hub, subscription, state.settings)
+    finally:
+        hub.unsubscribe(subscription)
+
+
+async def _authenticate(
+    websocket: WebSocket, pool: AsyncConnectionPool, hub: LiveHub
+) -> Subscription | None:
+    """Check the bearer token and subscribe its connection; None when refused (answered)."""
+    token = bearer_token(websocket.headers.get("authorization"))
+    epoch = hub.token_epoch
+    identity = await _identify_or_deny(websocket, pool, token)
+    if identity is None:
+        return None
+    token_id, owner = identity
+    subscription = hub.subscribe(owner, token_id)
+    if hub.token_epoch == epoch:
+        return subscription
+    # A revocation was heard (or LISTEN came back) while the token was checked: it may have
+    # been this token's, before there was a connection to close. Check again: whatever is
+    # revoked from now on finds the subscription.
+    confirmed = False
+    try:
+        confirmed = await _identify_or_deny(websocket, pool, token) is not None
+    finally:
+        if not confirmed:
+            hub.unsubscribe(subscription)
+    return subscription if confirmed else None
+
+
+async def _identify_or_deny(
+    websocket: WebSocket, pool: AsyncConnectionPool, token: str | None
+) -> tuple[str, str] | None:
+    """(token id, owner) of an active token; None once the handshake is refused."""
+    try:
+        identity = await _identify(pool, token)
     except Exception as exc:  # the database, not the token: say "later", never "forbidden"
         log.warning("watch: cannot check a token (%s)", type(exc).__name__)
         await _deny(websocket, 503, "unavailable", "the database is not answering; retry later")
-        return
-    if owner is None:
+        return None
+    if identity is None:
         detail = (
             "the API token is unknown or revoked"
             if token
             else "send an API token as 'Authorization: Bearer <token>'"
         )
         await _deny(websocket, 403, "unauthorized", detail)
-        return
+    return identity
 
-    set_owner(owner)
-    await websocket.accept()
-    subscription = hub.subscribe(owner)
-    sender = asyncio.create_task(_send_loop(websocket, hub, subscription, state.settings))
-    receiver = asyncio.create_task(_receive_loop(websocket, hub, subscription, state.settings))
+
+async def _identify(pool: AsyncConnectionPool, token: str | None) -> tuple[str, str] | None:
+    """(token id, owner) of an active token, or None."""
+    if token is None:
+        return None
+    async with pool.connection() as conn:
+        cur = await conn.execute(Q.token_identity, {"token_hash": hash_token(token)})
+        row = await cur.fetchone()
+    return (str(row[0]), str(row[1])) if row else None
+
+
+async def _serve(
+    websocket: WebSocket, hub: LiveHub, subscription: Subscription, settings: Settings
+) -> None:
+    window = settings.ws_ping_interval_seconds
+    sender = asyncio.create_task(_send_loop(websocket, hub, subscription, settings))
+    receiver = asyncio.create_task(_receive_loop(websocket, hub, subscription, settings))
     try:
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         if receiver.done():
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
-            await _finish(websocket, receiver)
+            await _finish(websocket, receiver, window)
+            return
+        try:
+            ending = sender.result()
+        except Exception:
+            log.exception("watch: the sender failed")
+            await _close(websocket, _CLOSE_INTERNAL, "internal error", window)
+            return
+        if ending is None:
+            return  # the client is gone
+        if ending.code is None:
+            # Nothing more can be written to it: leave, and let the server close the socket.
+            log.info("watch: dropping a client: %s", ending.reason)
         else:
-            # The sender only returns when the client is gone; anything else is a bug.
-            failure = None if sender.cancelled() else sender.exception()
-            if failure is not None:
-                log.error("watch: the sender failed", exc_info=failure)
-                await _close(websocket, _CLOSE_INTERNAL, "internal error")
+            await _close(websocket, ending.code, ending.reason, window)
     finally:
         for task in (sender, receiver):
             task.cancel()
         await asyncio.gather(sender, receiver, return_exceptions=True)
-        hub.unsubscribe(subscription)
 
 
-async def _finish(websocket: WebSocket, receiver: asyncio.Task[Violation | None]) -> None:
+async def _finish(
+    websocket: WebSocket, receiver: asyncio.Task[Violation | None], window: float
+) -> None:
     try:
         violation = receiver.result()
     except DatabaseUnavailable as exc:
         log.warning("watch: cannot read a snapshot (%s)", exc)
-        await _close(websocket, _CLOSE_INTERNAL, "the database is not answering; reconnect")
+        await _close(websocket, _CLOSE_INTERNAL, "the database is not answering; reconnect", window)
         return
     except Exception:
         log.exception("watch: the receiver failed")
-        await _close(websocket, _CLOSE_INTERNAL, "internal error")
+        await _close(websocket, _CLOSE_INTERNAL, "internal error", window)
         return
     if violation is not None:
         message = ErrorMessage(error=violation.error, detail=violation.detail)
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await websocket.send_text(message.model_dump_json())
-        await _close(websocket, WS_CLOSE_POLICY, violation.error)
+        try:
+            async with asyncio.timeout(window):
+                await websocket.send_text(message.model_dump_json())
+        except (WebSocketDisconnect, RuntimeError, TimeoutError):
+            return  # gone, or not reading: a close frame would not reach it either
+        await _close(websocket, WS_CLOSE_POLICY, violation.error, window)
 
 
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        await websocket.close(code, reason[:120])
+async def _close(websocket: WebSocket, code: int, reason: str, window: float) -> None:
+    """Close, unless the client is gone or has not read for `window` seconds."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, TimeoutError):
+        async with asyncio.timeout(window):
+            await websocket.close(code, reason[:120])
 
 
 async def _deny(websocket: WebSocket, status: int, error: str, detail: str) -> None:
@@ -129,22 +219,33 @@ async def _deny(websocket: WebSocket, status: int, error: str, detail: str) -> N
 
 async def _send_loop(
     websocket: WebSocket, hub: LiveHub, subscription: Subscription, settings: Settings
-) -> None:
+) -> Ending | None:
+    """Drain the subscription until the client is gone (None) or the connection must end."""
     coalesce = settings.ws_coalesce_seconds
+    window = settings.ws_ping_interval_seconds
     try:
         while True:
             await subscription.wake.wait()
-            if coalesce > 0:
+            # Deltas wait a moment to be coalesced; an answer to a request goes at once.
+            if coalesce > 0 and subscription.closing is None and not subscription.snapshot_waiting:
                 await asyncio.sleep(coalesce)
             # Cleared before taking, with no await between: whatever the hub offers after
             # this sets the event again.
             subscription.wake.clear()
+            if subscription.closing is not None:
+                return Ending(*subscription.closing)
             notified_at, subscription.notified_at = subscription.notified_at, None
-            for text in subscription.take_messages():
-                await websocket.send_text(text)
+            messages = subscription.take_messages()
+            if messages:
+                # One deadline per batch, not per message: a batch is what one wake took.
+                async with asyncio.timeout(window):
+                    for text in messages:
+                        await websocket.send_text(text)
             hub.sent(notified_at)
+    except TimeoutError:
+        return Ending(None, f"it has read nothing for {window:g} s")
     except (WebSocketDisconnect, RuntimeError):
-        return  # the client is gone
+        return None  # the client is gone
 
 
 async def _receive_loop(
@@ -152,6 +253,8 @@ async def _receive_loop(
 ) -> Violation | None:
     """Serve the client's requests until it leaves (None) or breaks the protocol."""
     while True:
+        # The last answer must be on its way before the next request is read.
+        await subscription.drained()
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return None
@@ -168,7 +271,15 @@ async def _receive_loop(
 def parse_request(
     text: str, subscription: Subscription, settings: Settings
 ) -> list[str] | Violation:
-    """The ids a message asks to watch, or what is wrong with it."""
+    """The ids a message asks to watch, or what is wrong with it. The cheap checks come
+    first: the length before any parsing, the count of ids before their validation."""
+    limit = settings.ws_message_limit
+    if len(text) > limit:  # characters: never more than the bytes the frame took
+        return Violation(
+            "message_too_large",
+            f"a message of {len(text)} characters; the limit is {limit} bytes (at most "
+            f"{settings.max_batch_ids} ids per watch message)",
+        )
     try:
         data = json.loads(text)
     except ValueError:
@@ -180,24 +291,25 @@ def parse_request(
         if kind is None:
             return Violation("bad_message", "the message has no 'type'")
         return Violation("unknown_type", f"unknown message type {str(kind)[:40]!r}; send 'watch'")
+    listed = data.get("session_ids")
+    if isinstance(listed, list) and len(listed) > settings.max_batch_ids:
+        return Violation(
+            "too_many_ids",
+            f"{len(listed)} session ids in one watch message; send 1 to {settings.max_batch_ids}",
+        )
     try:
         request = WatchMessage.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "message"
         return Violation("bad_message", f"{where}: {first['msg']}")
-    if len(request.session_ids) > settings.max_batch_ids:
-        return Violation(
-            "too_many_ids",
-            f"{len(request.session_ids)} session ids in one watch message; send 1 to "
-            f"{settings.max_batch_ids}",
-        )
     for sid in request.session_ids:
         problem = lookup_id_problem(sid, settings.max_id_length)
         if problem is not None:
             return Violation("invalid_id", f"session id {sid[:40]!r}... {problem}")
     ids = list(dict.fromkeys(request.session_ids))
-    total = len(subscription.watched.union(ids))
+    watched = subscription.watched
+    total = len(watched) + sum(1 for sid in ids if sid not in watched)
     if total > settings.ws_max_watched:
         return Violation(
             "watch_limit",
