@@ -76,6 +76,16 @@ LIMITS: tuple[Limit, ...] = (
         "sessions watched on one WebSocket (error, then close 1008)",
     ),
     Limit(
+        "ws_max_message_bytes",
+        # What the largest valid watch message needs: MAX_BATCH_IDS ids of MAX_ID_LENGTH
+        # characters, each in JSON's longest spelling (12 bytes), quoted and separated, and
+        # 1 KiB for the rest. Left unset it follows those two limits.
+        500 * (200 * 12 + 4) + 1024,
+        "bytes",
+        "a message a client sends on the WebSocket (close 1009); unset, it follows "
+        "MAX_BATCH_IDS and MAX_ID_LENGTH",
+    ),
+    Limit(
         "ws_ping_interval_seconds",
         20,
         "seconds",
