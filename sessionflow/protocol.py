@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from sessionflow.limits import default
+
+T = TypeVar("T")
 
 # The defaults of the limits the wire documents (the server enforces its configured ones).
 MAX_BATCH_IDS = default("max_batch_ids")
@@ -83,6 +85,13 @@ SessionId = Annotated[  # alphabet: is_valid_session_id
     ),
 ]
 Sha256Hex = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """items in consecutive slices of at most size: batches of ids for requests, queries and
+    messages."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def is_valid_session_id(value: str, max_length: int = MAX_ID_LENGTH) -> bool:

@@ -5,12 +5,12 @@ It speaks only the wire contract of sessionflow.protocol and never imports the s
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterable, Iterable, Sequence
+import json
+from collections.abc import AsyncIterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
-from pydantic import ValidationError
 
 from sessionflow.protocol import (
     MAX_BATCH_IDS,
@@ -22,6 +22,7 @@ from sessionflow.protocol import (
     SessionRegistration,
     SessionStatus,
     UploadResponse,
+    chunked,
 )
 
 
@@ -48,11 +49,6 @@ class ApiError(ClientError):
     def transient(self) -> bool:
         """Worth retrying: the server or something in front of it had a bad moment."""
         return self.status in (408, 425, 429) or self.status >= 500
-
-
-def chunked(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class SessionflowClient:
@@ -189,20 +185,21 @@ class SessionflowClient:
         return SessionDetail.model_validate_json(response.content)
 
 
-def _json_body(response: httpx.Response) -> dict[str, Any]:
+def json_object(body: bytes | bytearray | None) -> dict[str, Any]:
+    """An error answer's body as a JSON object, or {} when it is none (a proxy's HTML, say)."""
     try:
-        body = response.json()
-    except (ValueError, ValidationError):
+        data = json.loads(body or b"")
+    except ValueError:
         return {}
-    return body if isinstance(body, dict) else {}
+    return data if isinstance(data, dict) else {}
 
 
 def _error_code(response: httpx.Response) -> str:
-    return str(_json_body(response).get("error") or f"http_{response.status_code}")
+    return str(json_object(response.content).get("error") or f"http_{response.status_code}")
 
 
 def _detail(response: httpx.Response) -> str:
-    detail = _json_body(response).get("detail")
+    detail = json_object(response.content).get("detail")
     if detail:
         return str(detail)
     text = response.text.strip().splitlines()

@@ -19,13 +19,13 @@ from sessionflow.client.http import (
     ClientError,
     ServerUnreachable,
     SessionflowClient,
-    chunked,
 )
 from sessionflow.protocol import (
     MAX_BATCH_IDS,
     FileUploadResponse,
     RegisterResponse,
     SessionRegistration,
+    chunked,
 )
 
 _READ_CHUNK = 256 * 1024

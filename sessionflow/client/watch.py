@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from sessionflow.backoff import backoff_seconds
+from sessionflow.client.http import json_object
 from sessionflow.protocol import (
     MAX_BATCH_IDS,
     WS_CLOSE_POLICY,
@@ -212,7 +213,7 @@ async def _receive(websocket: ClientConnection) -> StatusesMessage:
 
 def _refusal(url: str, exc: InvalidStatus) -> Exception:
     status = exc.response.status_code
-    body = _json_body(exc.response.body)
+    body = json_object(exc.response.body)
     if status == 401 or (status == 403 and body.get("error") == "unauthorized"):
         detail = body.get("detail") or f"HTTP {status}"
         return WatchAuthError(f"the server at {url} refused the API token ({detail})")
@@ -242,11 +243,3 @@ def _closed(url: str, exc: ConnectionClosed) -> Exception:
         return WatchRejected(reason or "policy", "the server refused what the client asked")
     what = _CLOSE_REASONS.get(code or 1006, reason or "the connection closed")
     return _Dropped(f"the live stream at {url} stopped: {what}")
-
-
-def _json_body(body: bytes | bytearray | None) -> dict[str, Any]:
-    try:
-        data = json.loads(body or b"")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

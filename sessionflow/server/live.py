@@ -28,7 +28,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg
@@ -38,7 +38,7 @@ from sessionflow.backoff import backoff_seconds
 from sessionflow.listen import FIRST_RETRY_SECONDS, ListenLink
 from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
-from sessionflow.protocol import MAX_BATCH_IDS, WS_CLOSE_UNAUTHORIZED
+from sessionflow.protocol import MAX_BATCH_IDS, WS_CLOSE_UNAUTHORIZED, chunked
 from sessionflow.queries import Q
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,6 @@ def encode_statuses(statuses: dict[str, LiveState], not_found: Sequence[str] = (
         },
         separators=(",", ":"),
     )
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class _Snapshot(NamedTuple):
@@ -211,7 +206,7 @@ class Subscription:
                 self._sent[sid] = state
                 deltas[sid] = state
         items = list(deltas)
-        for chunk in _chunks(items, MESSAGE_CHUNK):
+        for chunk in chunked(items, MESSAGE_CHUNK):
             messages.append(encode_statuses({sid: deltas[sid] for sid in chunk}))
         return messages
 
@@ -354,7 +349,7 @@ class LiveHub:
     async def _read(self, owner: str, ids: Sequence[str]) -> dict[str, LiveState]:
         rows: dict[str, LiveState] = {}
         async with self._pool.connection() as conn:
-            for chunk in _chunks(ids, QUERY_CHUNK):
+            for chunk in chunked(ids, QUERY_CHUNK):
                 cur = await conn.execute(
                     Q.live_snapshot, {"owner": owner, "ids": list(chunk)}, prepare=True
                 )
@@ -440,7 +435,7 @@ class LiveHub:
     async def _check_tokens(self) -> None:
         """Close the connections whose token was revoked or deleted."""
         token_ids = list(self._by_token)
-        for chunk in _chunks(token_ids, QUERY_CHUNK):
+        for chunk in chunked(token_ids, QUERY_CHUNK):
             async with self._pool.connection() as conn:
                 cur = await conn.execute(Q.tokens_revoked, {"ids": list(chunk)})
                 revoked = [str(token_id) for (token_id,) in await cur.fetchall()]
@@ -452,7 +447,7 @@ class LiveHub:
         pairs come from the index, each once however many connections watch it, and are read
         a chunk at a time, each on a pool connection of its own for no longer than its query."""
         pairs = list(self._index)
-        for chunk in _chunks(pairs, QUERY_CHUNK):
+        for chunk in chunked(pairs, QUERY_CHUNK):
             params = {"owners": [owner for owner, _ in chunk], "ids": [sid for _, sid in chunk]}
             async with self._pool.connection() as conn:
                 cur = await conn.execute(Q.live_resync, params, prepare=True)

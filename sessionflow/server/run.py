@@ -18,6 +18,7 @@ import uvicorn
 
 from sessionflow.db import migrate, migration_dsn
 from sessionflow.local import resolve_database
+from sessionflow.logs import first_line
 from sessionflow.server.app import create_app
 from sessionflow.settings import Settings
 from sessionflow.tokens import count_active_tokens, create_token
@@ -96,7 +97,7 @@ def serve(
     try:
         migrate(migration_dsn(settings, dsn))
     except psycopg.OperationalError as exc:
-        raise ServeError(f"cannot reach the database: {exc}".splitlines()[0]) from exc
+        raise ServeError(f"cannot reach the database: {first_line(exc)}") from exc
     if embedded is not None and ensure_local_token(dsn, settings.token_file):
         say(f"Created an API token for owner '{LOCAL_OWNER}' in {settings.token_file}")
     elif embedded is not None:

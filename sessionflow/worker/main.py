@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 
 from sessionflow.db import Connections, connections, make_pool, migrate, worker_pool_size
 from sessionflow.local import EmbeddedDatabaseError, resolve_database
+from sessionflow.logs import first_line
 from sessionflow.metrics import Metrics
 from sessionflow.settings import Settings
 from sessionflow.storage import open_store
@@ -34,9 +35,8 @@ def main(settings: Settings, *, concurrency: int | None = None) -> None:
     except (WorkerConfigError, EmbeddedDatabaseError) as exc:
         raise WorkerStartError(str(exc)) from None
     except psycopg.OperationalError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WorkerStartError(
-            f"cannot reach the database: {first} (SESSIONFLOW_DATABASE_URL)"
+            f"cannot reach the database: {first_line(exc)} (SESSIONFLOW_DATABASE_URL)"
         ) from None
     asyncio.run(run(settings, links, concurrency=concurrency or settings.worker_concurrency))
 
