@@ -5,10 +5,6 @@ is dropped by the keepalive ping and leaves nothing behind in the hub."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import os
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +13,6 @@ import psycopg
 import pytest
 
 from sessionflow.server.app import create_app
-from sessionflow.server.live import LiveHub
 from sessionflow.settings import Settings
 from tests.helpers import LiveServer, free_port
 from tests.integration.live_support import (
@@ -29,16 +24,12 @@ from tests.integration.live_support import (
     receive,
     send_watch,
 )
+from tests.integration.ws_support import RawWebSocket, hub_of, watch_text
 
 GUARD = 30.0  # stops a hung test; measures nothing
 # Long ids make big messages: the socket buffers fill after fewer changes.
 IDS = [f"{i:04d}-{'x' * 190}" for i in range(300)]
 MAX_ROUNDS = 500  # a bound; the kernel's socket buffers decide how many it takes
-
-
-def hub_of(server: LiveServer) -> LiveHub:
-    hub: LiveHub = server.server.config.app.state.live_hub
-    return hub
 
 
 @pytest.fixture
@@ -56,35 +47,12 @@ def pinging_server(db_dsn: str, tmp_path: Path) -> Iterator[LiveServer]:
     server.stop()
 
 
-async def raw_watch(url: str, token: str, ids: list[str], rcvbuf: int) -> socket.socket:
+async def raw_watch(url: str, token: str, ids: list[str], rcvbuf: int) -> RawWebSocket:
     """A WebSocket client by hand that sends one watch and then never reads again, on a
     socket with a small receive buffer."""
-    port = int(url.rsplit(":", 1)[1])
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(
-        sock,
-        (
-            "GET /api/sessions/watch HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {token}\r\n\r\n"
-        ).encode(),
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await loop.sock_recv(sock, 1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    payload = json.dumps({"type": "watch", "session_ids": ids}).encode()
-    mask = os.urandom(4)
-    assert len(payload) < 65536
-    frame = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask
-    frame += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    await loop.sock_sendall(sock, frame)
-    return sock
+    client = await RawWebSocket.connect(url, token, rcvbuf=rcvbuf)
+    await client.send_text(watch_text(ids))
+    return client
 
 
 async def cycle(conn: psycopg.AsyncConnection[Any], owner: str, ids: list[str]) -> None:

@@ -16,12 +16,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from sessionflow.client.watch import WatchUpdate, watch
 from sessionflow.db import migrate
 from sessionflow.server.app import create_app
-from sessionflow.server.live import APPLICATION_NAME, LiveHub
+from sessionflow.server.live import LiveHub
 from sessionflow.settings import Settings
 from sessionflow.tokens import create_token
 from tests.helpers import LiveServer, free_port
@@ -97,15 +96,6 @@ async def drive_to_the_end(
             await advance(conn, owner, [sid], lifecycle)
 
 
-def allow_connections(admin_dsn: str, database: str, allowed: bool) -> None:
-    """Refuse (or allow again) every new connection to `database`, the hub's included."""
-    statement = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-        sql.Identifier(database), sql.Literal(allowed)
-    )
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(statement)
-
-
 async def readyz_until(url: str, status: int) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(GUARD):
         while True:
@@ -132,29 +122,18 @@ async def test_clients_converge_after_the_hub_missed_changes_while_its_listen_wa
     for follower in followers:
         await follower.subscribed()
     late_token = make_token("alice")
-    # Opened before connections are refused: it plays the worker while the hub cannot listen.
-    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
-        database = conn.info.dbname
-        allow_connections(pg_admin_dsn, database, False)
-        try:
-            cur = await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s AND datname = current_database()",
-                (APPLICATION_NAME,),
-            )
-            assert await cur.fetchall() == [(True,)]  # one LISTEN connection, not one per client
-            body = await readyz_until(live_server.url, 503)
-            assert "live hub is not ready" in body["problems"]
-            assert not hub.is_ready()
-            # Every change is committed while nobody listens: their NOTIFYs are lost.
-            for owner in owners:
-                await drive_to_the_end(conn, owner, {sid: list(path_for(rng)) for sid in IDS})
-            # A client that subscribes meanwhile is answered from the table.
-            late = Follower(live_server.url, late_token, IDS)
-            await late.subscribed()
-            followers.append(late)
-        finally:
-            allow_connections(pg_admin_dsn, database, True)
+    # The connection it yields plays the worker while the hub cannot listen.
+    async with listen_outage(db_dsn, pg_admin_dsn, hub) as conn:
+        body = await readyz_until(live_server.url, 503)
+        assert "live hub is not ready" in body["problems"]
+        assert not hub.is_ready()
+        # Every change is committed while nobody listens: their NOTIFYs are lost.
+        for owner in owners:
+            await drive_to_the_end(conn, owner, {sid: list(path_for(rng)) for sid in IDS})
+        # A client that subscribes meanwhile is answered from the table.
+        late = Follower(live_server.url, late_token, IDS)
+        await late.subscribed()
+        followers.append(late)
     try:
         for follower, owner in zip(followers, [*owners, "alice"], strict=True):
             await follower.converge(await db_states(db_dsn, owner, IDS))
