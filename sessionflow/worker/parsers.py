@@ -118,6 +118,10 @@ class _Parser:
         finally:
             loop.remove_reader(fd)
         try:
+            # Some loops (uvloop) make a watched fd non-blocking; an answer larger than the
+            # pipe's buffer then arrives in parts, and recv() would fail with EAGAIN between
+            # them. The parser is already writing it: wait for the rest.
+            os.set_blocking(fd, True)
             answer: tuple[bool, Any] = self.conn.recv()
         except (EOFError, OSError) as exc:
             raise _Died from exc
@@ -159,8 +163,13 @@ class ParserPool:
         try:
             ok, value = await parser.call(fn, args)
             idle_again = True
-        except _Died:
-            log.error("worker: a parser process died; starting a new one")
+        except _Died as exc:
+            parser.process.join(1)
+            log.error(
+                "worker: a parser process died (exit code %s, %r); starting a new one",
+                parser.process.exitcode,
+                exc.__cause__,
+            )
             raise ParserCrashed(
                 "the parser process died while reading this transcript (out of memory?)"
             ) from None

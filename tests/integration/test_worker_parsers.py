@@ -84,3 +84,22 @@ async def test_the_thread_parser_runs_in_this_process() -> None:
         assert await pool.run(pid) == os.getpid()
     finally:
         pool.close()
+
+
+def test_an_answer_larger_than_the_pipe_buffer_arrives_whole_under_uvloop() -> None:
+    """uvloop makes a watched fd non-blocking: an answer written in parts used to fail with
+    EAGAIN between them and count as a dead parser (seen on a session of 18 subagent runs)."""
+    import uvloop
+
+    from sessionflow.worker.parsers import ParserPool
+
+    async def main() -> list[int]:
+        pool = ParserPool("process", 1)
+        await pool.warm()
+        try:
+            return [len(await pool.run(bytes, 4 * 1024 * 1024)) for _ in range(20)]
+        finally:
+            pool.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == [4 * 1024 * 1024] * 20
