@@ -179,8 +179,8 @@ def _subagent_table(runs: list[dict[str, Any]], total: int) -> Table:
         else f"Subagent runs ({len(runs)} of {total})"
     )
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    table.add_column("agent", no_wrap=True)
-    table.add_column("asked")
+    table.add_column("agent", overflow="fold")
+    table.add_column("asked", overflow="ellipsis", max_width=48)
     table.add_column("model")
     table.add_column("tokens", justify="right", no_wrap=True)
     table.add_column("cost", justify="right", no_wrap=True)
@@ -189,9 +189,11 @@ def _subagent_table(runs: list[dict[str, Any]], total: int) -> Table:
     for run in runs:
         tokens = run.get("tokens") or {}
         total_tokens = sum(v for v in tokens.values() if isinstance(v, int))
-        asked = run.get("description") or _one_line(run.get("first_prompt"), 60) or ""
-        if run.get("kind") not in (None, "task"):
-            asked = f"[{run['kind']}] {asked}".rstrip()
+        kind = run.get("kind") or "task"
+        if kind != "task":  # Claude Code's own runs: what they are says more than their prompt
+            asked = _RUN_KINDS.get(kind, str(kind).replace("_", " "))
+        else:
+            asked = run.get("description") or _one_line(run.get("first_prompt"), 60) or ""
         if run.get("subagent_type"):
             asked = f"{asked} ({run['subagent_type']})" if asked else str(run["subagent_type"])
         cost = run.get("cost_usd")
@@ -206,6 +208,15 @@ def _subagent_table(runs: list[dict[str, Any]], total: int) -> Table:
             _duration(duration) if duration is not None else "–",
         )
     return table
+
+
+# Runs Claude Code starts by itself, named for what they are.
+_RUN_KINDS = {
+    "warmup": "warmup",
+    "compaction": "compaction",
+    "prompt_suggestion": "suggestion",
+    "side_question": "side question",
+}
 
 
 def _one_line(text: object, width: int = 100) -> str | None:
