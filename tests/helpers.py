@@ -149,6 +149,20 @@ def cli_env(token: str, home: Path) -> dict[str, str]:
     return {**env, "SESSIONFLOW_TOKEN": token, "HOME": str(home), "NO_COLOR": "1"}
 
 
+def run_cli(
+    token: str, home: Path, *args: str, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`sessionflow ARGS` as a subprocess with cli_env(token, home) (plus env), to the end."""
+    return subprocess.run(
+        [sys.executable, "-m", "sessionflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**cli_env(token, home), **env},
+    )
+
+
 def start_backfill(server_url: str, token: str, folder: Path, *args: str) -> Any:
     """`sessionflow backfill FOLDER --server URL ARGS` as a subprocess (text pipes)."""
     return subprocess.Popen(

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,6 @@ from tests.helpers import CuttingProxy, Processes, cli_env, db_counts, free_port
 
 pytestmark = pytest.mark.slow
 ANSI = "\x1b["
-
-
-@pytest.fixture
-def servers(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
-    s = Processes(db_dsn, tmp_path)
-    yield s
-    s.stop_all()
 
 
 @pytest.fixture
@@ -58,9 +51,9 @@ def backfill(
 
 
 def test_websocket_path_reports_exact_final_counts(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
 ) -> None:
-    server = servers.serve()
+    server = procs.serve()
     result = backfill(server.url, make_token("alice"), transcripts, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -74,9 +67,9 @@ def test_websocket_path_reports_exact_final_counts(
 
 
 def test_second_run_uploads_nothing(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.serve()
+    server = procs.serve()
     token = make_token("alice")
     first = json.loads(backfill(server.url, token, transcripts, "--json").stdout)
     second = json.loads(backfill(server.url, token, transcripts, "--json").stdout)
@@ -88,9 +81,9 @@ def test_second_run_uploads_nothing(
 
 
 def test_poll_transport_completes_and_plain_output_has_no_ansi(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.serve()
+    server = procs.serve()
     result = backfill(
         server.url,
         make_token("alice"),
@@ -110,9 +103,9 @@ def test_poll_transport_completes_and_plain_output_has_no_ansi(
 
 
 def test_auto_falls_back_to_polling_when_the_websocket_is_off(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
 ) -> None:
-    server = servers.serve(env={"SESSIONFLOW_WS_ENABLED": "false"})
+    server = procs.serve(env={"SESSIONFLOW_WS_ENABLED": "false"})
     result = backfill(
         server.url, make_token("alice"), transcripts, "--json", "--poll-interval", "0.5"
     )
@@ -124,9 +117,9 @@ def test_auto_falls_back_to_polling_when_the_websocket_is_off(
 
 
 def test_websocket_dropped_midway_completes_by_polling_with_exact_counts(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str], db_dsn: str
 ) -> None:
-    server = servers.serve("--no-worker")
+    server = procs.serve("--no-worker")
     proxy = CuttingProxy(int(server.url.rsplit(":", 1)[1]))
     try:
         proc = subprocess.Popen(
@@ -153,7 +146,7 @@ def test_websocket_dropped_midway_completes_by_polling_with_exact_counts(
             time.sleep(0.1)
         time.sleep(1.0)
         proxy.cut()
-        servers.worker()
+        procs.worker()
         out, err = proc.communicate(timeout=120)
     finally:
         proxy.close()
@@ -179,9 +172,9 @@ def _wait_for_line(stream: Any, needle: str, timeout: float) -> list[str]:
 
 
 def test_sigint_while_processing_exits_130_within_a_second(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.serve("--no-worker")  # nothing will finish: the CLI waits
+    server = procs.serve("--no-worker")  # nothing will finish: the CLI waits
     proc = subprocess.Popen(
         [sys.executable, "-m", "sessionflow", "backfill", str(transcripts), "--server", server.url],
         stdout=subprocess.PIPE,
@@ -206,9 +199,9 @@ def test_sigint_while_processing_exits_130_within_a_second(
 
 
 def test_timeout_exits_124_and_names_what_is_pending(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str]
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.serve("--no-worker")
+    server = procs.serve("--no-worker")
     result = backfill(server.url, make_token("alice"), transcripts, "--timeout", "2")
     assert result.returncode == 124, result.stderr
     assert "timed out" in result.stdout
@@ -216,16 +209,16 @@ def test_timeout_exits_124_and_names_what_is_pending(
 
 
 def test_exit_status_is_1_when_a_session_failed(
-    servers: Processes, transcripts: Path, make_token: Callable[[str], str], tmp_path: Path
+    procs: Processes, transcripts: Path, make_token: Callable[[str], str], tmp_path: Path
 ) -> None:
-    server = servers.serve("--no-worker")
+    server = procs.serve("--no-worker")
     token = make_token("alice")
     uploaded = backfill(server.url, token, transcripts, "--no-wait", "--json")
     assert uploaded.returncode == 0, uploaded.stderr
     # Lose one stored transcript before any worker runs: its session must fail, readably.
     victim = next((tmp_path / "store" / "transcripts").rglob("*.jsonl"))
     victim.unlink()
-    servers.worker()
+    procs.worker()
     plain = backfill(server.url, token, transcripts)
     assert plain.returncode == 0, plain.stderr
     assert "Failed:      1" in plain.stdout or "Failed: 1" in " ".join(plain.stdout.split())
@@ -238,13 +231,13 @@ def test_exit_status_is_1_when_a_session_failed(
 
 
 def test_unreachable_server_and_bad_token_exit_1_with_what_to_do(
-    servers: Processes, transcripts: Path
+    procs: Processes, transcripts: Path
 ) -> None:
     nowhere = backfill(f"http://127.0.0.1:{free_port()}", "sf_x", transcripts)
     assert nowhere.returncode == 1
     assert "cannot reach" in nowhere.stderr + nowhere.stdout
     assert "Traceback" not in nowhere.stderr
-    server = servers.serve()
+    server = procs.serve()
     refused = backfill(server.url, "sf_000000000000_nope-nope-nope-nope-nope", transcripts)
     assert refused.returncode == 1
     assert "refused the API token" in refused.stderr + refused.stdout

@@ -12,9 +12,8 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,9 @@ import pytest
 
 from sessionflow.client.discovery import discover
 from sessionflow.samples import _PROMPTS, write_sample_transcripts
-from tests.helpers import Processes, cli_env
+from tests.helpers import Processes, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def servers(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
-    s = Processes(db_dsn, tmp_path)
-    yield s
-    s.stop_all()
 
 
 @pytest.fixture
@@ -65,17 +57,6 @@ def projects(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-def run_cli(url: str, token: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sessionflow", *args, "--server", url],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=cli_env(token, home),
-    )
-
-
 def stored_sessions(dsn: str) -> dict[str, dict[str, Any]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
@@ -89,16 +70,18 @@ def stored_sessions(dsn: str) -> dict[str, dict[str, Any]]:
 
 
 def test_a_projects_folder_of_every_layout_keeps_each_session_once_with_all_its_runs(
-    servers: Processes,
+    procs: Processes,
     projects: dict[str, Any],
     make_token: Callable[[str], str],
     db_dsn: str,
 ) -> None:
     root: Path = projects["root"]
     home = root.parent.parent
-    server = servers.serve()
+    server = procs.serve()
     token = make_token("alice")
-    result = run_cli(server.url, token, home, "backfill", "--json")  # the default folder
+    result = run_cli(
+        token, home, "backfill", "--json", "--server", server.url
+    )  # the default folder
     report = json.loads(result.stdout)
     assert report["complete"] is True, result.stderr
 
@@ -131,10 +114,12 @@ def test_a_projects_folder_of_every_layout_keeps_each_session_once_with_all_its_
 
     # The session whose main transcript is gone says so, and lists its runs.
     orphan = projects["orphaned"]
-    shown = run_cli(server.url, token, home, "show", orphan)
+    shown = run_cli(token, home, "show", orphan, "--server", server.url)
     assert shown.returncode == 0, shown.stderr
     assert "Main transcript:" in shown.stdout and "missing" in shown.stdout
-    detail = json.loads(run_cli(server.url, token, home, "show", orphan, "--json").stdout)
+    detail = json.loads(
+        run_cli(token, home, "show", orphan, "--json", "--server", server.url).stdout
+    )
     runs = [f for f in detail["files"] if f["role"] == "subagent"]
     assert len(detail["parse_result"]["subagents"]) >= len(runs) > 0
 
@@ -152,15 +137,17 @@ def ccusage_binary() -> str | None:
 
 @pytest.mark.skipif(ccusage_binary() is None, reason="ccusage is not installed (CI installs it)")
 def test_token_totals_and_costs_equal_ccusage(
-    servers: Processes,
+    procs: Processes,
     projects: dict[str, Any],
     make_token: Callable[[str], str],
     db_dsn: str,
     tmp_path: Path,
 ) -> None:
     root: Path = projects["root"]
-    server = servers.serve()
-    result = run_cli(server.url, make_token("alice"), root.parent.parent, "backfill", "--json")
+    server = procs.serve()
+    result = run_cli(
+        make_token("alice"), root.parent.parent, "backfill", "--json", "--server", server.url
+    )
     assert json.loads(result.stdout)["complete"] is True, result.stderr
 
     config = tmp_path / "ccusage-config"

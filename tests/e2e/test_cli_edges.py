@@ -6,38 +6,22 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sessionflow.samples import write_sample_transcripts
-from tests.helpers import Processes, cli_env
+from tests.helpers import Processes, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def servers(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
-    s = Processes(db_dsn, tmp_path)
-    yield s
-    s.stop_all()
 
 
 def sessionflow(
     home: Path, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     # Wide, so that rich's error box does not fold the paths the tests look for.
-    env = {**cli_env(token or "sf_none", home), "COLUMNS": "400"}
-    return subprocess.run(
-        [sys.executable, "-m", "sessionflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    return run_cli(token or "sf_none", home, *args, timeout=120, COLUMNS="400")
 
 
 @pytest.mark.parametrize(
@@ -64,9 +48,9 @@ def test_a_data_dir_that_cannot_be_a_folder_is_a_usage_error(
 
 
 def test_a_server_given_without_its_scheme_is_taken_as_http(
-    servers: Processes, tmp_path: Path, make_token: Callable[[str], str]
+    procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.serve()
+    server = procs.serve()
     folder = tmp_path / "projects"
     write_sample_transcripts(folder, 3, seed=2)
     bare = server.url.removeprefix("http://")
@@ -87,9 +71,9 @@ def test_a_server_of_another_scheme_is_refused_at_once(tmp_path: Path) -> None:
 
 
 def test_a_missing_path_among_good_ones_is_a_warning_and_the_rest_go_on(
-    servers: Processes, tmp_path: Path, make_token: Callable[[str], str]
+    procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
 ) -> None:
-    server = servers.serve()
+    server = procs.serve()
     folder = tmp_path / "projects"
     write_sample_transcripts(folder, 2, seed=4)
     missing = tmp_path / "nowhere"
@@ -114,9 +98,9 @@ def test_a_missing_path_among_good_ones_is_a_warning_and_the_rest_go_on(
 
 
 def test_a_refused_token_is_an_error_with_what_to_do_and_json_still_prints(
-    servers: Processes, tmp_path: Path
+    procs: Processes, tmp_path: Path
 ) -> None:
-    server = servers.serve()
+    server = procs.serve()
     folder = tmp_path / "projects"
     write_sample_transcripts(folder, 12, seed=5)
     done = sessionflow(

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -58,13 +58,6 @@ class Sampler:
         self._stop.set()
         self._thread.join(5)
         return self.peak
-
-
-@pytest.fixture
-def procs(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(db_dsn, tmp_path, {"SESSIONFLOW_WS_PING_INTERVAL_SECONDS": "2"})
-    yield p
-    p.stop_all()
 
 
 def hostile_http(url: str, token: str, statuses: list[int]) -> None:
@@ -141,7 +134,7 @@ async def hostile_websockets(url: str, token: str) -> None:
 def test_the_hostile_suite_gets_no_5xx_bounded_memory_and_loses_no_honest_work(
     procs: Processes, tmp_path: Path, make_token: Callable[[str], str], db_dsn: str
 ) -> None:
-    server = procs.serve()
+    server = procs.serve(env={"SESSIONFLOW_WS_PING_INTERVAL_SECONDS": "2"})
     honest, attacker = make_token("honest"), make_token("mallory")
     folder = tmp_path / "projects"
     write_sample_transcripts(folder, 30, seed=21)

@@ -9,8 +9,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,13 +22,6 @@ from sessionflow.samples import generate_transcript_bytes
 from tests.helpers import Processes, auth
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def procs(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(db_dsn, tmp_path)
-    yield p
-    p.stop_all()
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

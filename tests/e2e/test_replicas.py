@@ -11,8 +11,7 @@ import gzip
 import hashlib
 import random
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -24,13 +23,6 @@ from sessionflow.samples import generate_not_transcript_bytes, generate_transcri
 from tests.helpers import Processes, auth, free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def procs(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(db_dsn, tmp_path)
-    yield p
-    p.stop_all()
 
 
 def upload(url: str, token: str, session_id: str, data: bytes) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,13 +21,6 @@ from tests.helpers import Processes, auth, cli_env, free_port
 pytestmark = pytest.mark.slow
 
 OWNER = "alice"
-
-
-@pytest.fixture
-def procs(db_dsn: str, tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(db_dsn, tmp_path)
-    yield p
-    p.stop_all()
 
 
 def queue_backlog(procs: Processes, token: str, folder: Path) -> list[str]:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
 from sessionflow.protocol import WS_CLOSE_POLICY
 from sessionflow.settings import Settings
 from tests.helpers import LiveServer
 from tests.integration.live_support import insert_sessions, open_ws, receive, send_watch
+from tests.integration.ws_support import read_until_closed
 
 MAX_WATCHED = 2_000
 
@@ -29,18 +29,6 @@ def settings(db_dsn: str, tmp_path: Path) -> Settings:
     return Settings(database_url=db_dsn, data_dir=tmp_path / "data", ws_max_watched=MAX_WATCHED)
 
 
-async def drain_until_closed(ws: ClientConnection, guard: float = 30.0) -> int:
-    """Read (and drop) everything until the server closes; its close code."""
-    try:
-        async with asyncio.timeout(guard):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as closed:
-        received = closed.rcvd
-    assert received is not None, "the connection ended without a close frame"
-    return received.code
-
-
 async def error_then_close(ws: ClientConnection) -> tuple[dict[str, object], int]:
     """Skip snapshots until the error message; return it and the close code that follows."""
     async with asyncio.timeout(30):
@@ -48,7 +36,7 @@ async def error_then_close(ws: ClientConnection) -> tuple[dict[str, object], int
             message = json.loads(await ws.recv())
             if message["type"] == "error":
                 break
-    return message, await drain_until_closed(ws)
+    return message, await read_until_closed(ws)
 
 
 async def test_a_flood_of_watch_messages_past_the_cap_gets_an_error_and_1008_and_spares_others(
@@ -114,7 +102,7 @@ async def test_a_huge_frame_is_refused_and_the_server_stays_up(
     token = make_token("alice")
     async with await open_ws(live_server.url, token, max_size=None) as ws:
         await ws.send("[" + " " * (20 * 1024 * 1024) + "]")
-        code = await drain_until_closed(ws)
+        code = await read_until_closed(ws)
     # 1009: past uvicorn's frame-size limit; 1008: read, and refused as a bad message.
     assert code in (1008, 1009)
     async with await open_ws(live_server.url, token) as again:

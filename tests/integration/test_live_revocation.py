@@ -14,14 +14,14 @@ from contextlib import aclosing
 import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from sessionflow.client.watch import WatchAuthError, watch
 from sessionflow.protocol import WS_CLOSE_UNAUTHORIZED
 from sessionflow.tokens import create_token, revoke_token
 from tests.helpers import LiveServer
 from tests.integration.live_support import insert_sessions, open_ws, receive, send_watch
-from tests.integration.ws_support import GUARD, hub_of, listen_outage
+from tests.integration.ws_support import GUARD, hub_of, listen_outage, read_until_closed
 
 Tokens = Callable[[str], tuple[str, str]]
 
@@ -49,18 +49,6 @@ async def subscribed(url: str, token: str, ids: list[str]) -> ClientConnection:
     return ws
 
 
-async def close_code(ws: ClientConnection) -> int:
-    """Read until the server closes; its close code."""
-    try:
-        async with asyncio.timeout(GUARD):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as closed:
-        received = closed.rcvd
-    assert received is not None, "the connection ended without a close frame"
-    return received.code
-
-
 async def still_answers(ws: ClientConnection, sid: str) -> bool:
     await send_watch(ws, [sid])
     return sid in (await receive(ws))["statuses"]
@@ -81,7 +69,7 @@ async def test_revoking_a_token_closes_its_websockets_with_4401_and_spares_every
     ]
     try:
         revoke(db_dsn, revoked_id)
-        assert [await close_code(ws) for ws in doomed] == [WS_CLOSE_UNAUTHORIZED] * 2
+        assert [await read_until_closed(ws) for ws in doomed] == [WS_CLOSE_UNAUTHORIZED] * 2
         for ws, sid in spared:
             assert await still_answers(ws, sid)
         assert len(hub_of(live_server).subscriptions) == len(spared)
@@ -97,7 +85,7 @@ async def test_deleting_a_token_closes_its_websockets_with_4401(
     ws = await subscribed(live_server.url, token, ["a1"])
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM api_tokens WHERE id = %s", (token_id,))
-    assert await close_code(ws) == WS_CLOSE_UNAUTHORIZED
+    assert await read_until_closed(ws) == WS_CLOSE_UNAUTHORIZED
 
 
 async def test_the_watch_client_raises_an_auth_error_when_its_token_is_revoked(
@@ -133,7 +121,7 @@ async def test_a_token_revoked_while_the_hub_could_not_listen_is_closed_once_it_
             await conn.execute(
                 "UPDATE api_tokens SET revoked_at = now() WHERE id = %s", (revoked_id,)
             )
-        assert await close_code(doomed) == WS_CLOSE_UNAUTHORIZED
+        assert await read_until_closed(doomed) == WS_CLOSE_UNAUTHORIZED
         assert await still_answers(spared, "a1")
     finally:
         await doomed.close()
@@ -176,7 +164,7 @@ async def test_a_token_revoked_during_its_handshake_never_leaves_a_connection_op
         except InvalidStatus as refused:
             outcome = refused.response.status_code
         else:
-            outcome = await close_code(ws)
+            outcome = await read_until_closed(ws)
         await revoking
         assert outcome in (403, WS_CLOSE_UNAUTHORIZED)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from websockets.exceptions import ConnectionClosed
 
 from sessionflow.server.live import APPLICATION_NAME, LiveHub
 from sessionflow.server.run import websocket_options
@@ -177,3 +178,16 @@ async def listen_outage(
         finally:
             allow_connections(pg_admin_dsn, database, True)
     await wait_until_listening(hub, sessions + 1)
+
+
+async def read_until_closed(ws: Any, guard: float = GUARD) -> int:
+    """Read (and drop) everything a websockets client gets until the server closes; its
+    close code."""
+    try:
+        async with asyncio.timeout(guard):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as closed:
+        received = closed.rcvd
+    assert received is not None, "the connection ended without a close frame"
+    return received.code
