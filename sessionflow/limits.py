@@ -46,6 +46,12 @@ LIMITS: tuple[Limit, ...] = (
         "max_batch_ids", 500, "count", "ids per batch-status request and per watch message (400)"
     ),
     Limit("max_register_sessions", 500, "count", "sessions per registration request (400)"),
+    Limit(
+        "max_list_page",
+        500,
+        "count",
+        "sessions per page of GET /api/sessions, the listing (400); more come by its cursor",
+    ),
     Limit("max_id_length", 200, "characters", "a session or agent id (400)"),
     Limit(
         "max_transcript_bytes",

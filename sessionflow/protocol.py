@@ -252,6 +252,37 @@ class SessionDetail(BaseModel):
     finished_at: datetime | None
     parse_result: dict[str, Any] | None
     summary: dict[str, Any] | None
+    # Why a `parsed` session was not summarized, as a sentence (None otherwise, and from
+    # servers older than the field).
+    summary_skipped: str | None = None
+
+
+# --- listing (GET /api/sessions) ------------------------------------------------------------
+
+# Sessions per page when the request does not say (the most is the server's max_list_page).
+DEFAULT_LIST_PAGE = 50
+
+
+class SessionListItem(BaseModel):
+    """One session as the listing shows it: figures the parse result has, None until then."""
+
+    id: str
+    lifecycle: Lifecycle
+    parse_status: ParseStatus
+    # When the session happened: its files' last write as the client reported it, never later
+    # than its upload (else the upload's time). The listing is ordered by it, newest first.
+    active_at: datetime
+    project: str | None
+    title: str | None
+    duration_seconds: float | None
+    tokens: int | None  # input, output, cache reads and writes, with its subagent runs
+    cost_usd: float | None  # None: not parsed yet, or a model without a price
+
+
+class SessionListPage(BaseModel):
+    sessions: list[SessionListItem]
+    # Pass it back as ?cursor= (with the same filters) for the next page; None: the last page.
+    next_cursor: str | None
 
 
 # --- live stream (WS /api/sessions/watch) --------------------------------------------------

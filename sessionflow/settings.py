@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # API limits: defaults, and what each limits, in sessionflow/limits.py.
     max_batch_ids: int = Field(default=default("max_batch_ids"), ge=1)
     max_register_sessions: int = Field(default=default("max_register_sessions"), ge=1)
+    max_list_page: int = Field(default=default("max_list_page"), ge=1)
     max_id_length: int = Field(default=default("max_id_length"), ge=1)
     max_metadata_bytes: int = Field(default=default("max_metadata_bytes"), ge=0)
     max_json_body_bytes: int = Field(default=default("max_json_body_bytes"), ge=1024)

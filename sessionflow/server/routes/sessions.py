@@ -4,21 +4,26 @@ the batch-status poll."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from psycopg.types.json import Jsonb
 
 from sessionflow.protocol import (
+    DEFAULT_LIST_PAGE,
     MAX_FILE_NAME_LENGTH,
     BatchStatusRequest,
     BatchStatusResponse,
     ErrorBody,
+    Lifecycle,
     RegisterRequest,
     RegisterResponse,
     SessionDetail,
     SessionFile,
     SessionFilesRequest,
+    SessionListItem,
+    SessionListPage,
     UploadResponse,
     is_valid_session_id,
     lookup_id_problem,
@@ -29,6 +34,7 @@ from sessionflow.queries import Q
 from sessionflow.server.bodies import documented_body, read_json
 from sessionflow.server.deps import Owner, State
 from sessionflow.server.errors import ApiError, bad_request, not_found
+from sessionflow.server.listing import decode_cursor, encode_cursor, listing
 from sessionflow.server.uploads import TRANSCRIPT_BODY, store_upload
 from sessionflow.settings import Settings
 from sessionflow.storage import transcript_key
@@ -308,7 +314,9 @@ async def get_session(session_id: str, state: State, owner: Owner) -> SessionDet
         names = [d.name for d in cur.description or ()]
     if row is None:
         raise not_found(session_id)
-    return SessionDetail.model_validate(dict(zip(names, row, strict=True)))
+    detail = SessionDetail.model_validate(dict(zip(names, row, strict=True)))
+    detail.summary_skipped = summary_skipped(detail, state.settings.summarize_min_user_prompts)
+    return detail
 
 
 @router.post(
@@ -342,3 +350,76 @@ async def batch_status(request: Request, state: State, owner: Owner) -> Response
     not_found_ids = [sid for sid in ids if sid not in found]
     payload = f'{{"statuses":{statuses_json},"not_found":{json.dumps(not_found_ids)}}}'
     return Response(payload, media_type="application/json")
+
+
+def summary_skipped(detail: SessionDetail, min_user_prompts: int) -> str | None:
+    """Why a parsed session has no summary, for a person: the worker summarizes only sessions
+    with at least this server's minimum of typed prompts (worker.summarize.should_summarize)."""
+    if detail.lifecycle != Lifecycle.PARSED or detail.parse_result is None:
+        return None
+    prompts = detail.parse_result.get("user_prompts")
+    if not isinstance(prompts, int) or prompts >= min_user_prompts:
+        return None
+    typed = f"{prompts} typed prompt{'' if prompts == 1 else 's'}"
+    if min_user_prompts == 1:
+        return f"{typed}; sessions without a typed prompt are not summarized"
+    return f"{typed}; sessions with fewer than {min_user_prompts} are not summarized"
+
+
+@router.get("", response_model=SessionListPage, responses=_ERRORS)
+async def list_sessions(
+    state: State,
+    owner: Owner,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            description="sessions per page (at most the server's SESSIONFLOW_MAX_LIST_PAGE, "
+            "500 unless set)",
+        ),
+    ] = DEFAULT_LIST_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(description="next_cursor of the previous page, asked with the same filters"),
+    ] = None,
+    project: Annotated[
+        str | None,
+        Query(
+            description="only this project: the name the listing shows (or a path ending in "
+            "it), in any case"
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="only sessions active at or after this time (ISO 8601; no offset: UTC)"),
+    ] = None,
+    lifecycle_states: Annotated[
+        list[str] | None,
+        Query(
+            alias="state",
+            description="only sessions in these lifecycle states (repeat it, or separate them "
+            "by commas)",
+        ),
+    ] = None,
+) -> SessionListPage:
+    """The caller's sessions, most recently active first, a page at a time: follow next_cursor
+    until it is null. Sessions added meanwhile never make a page repeat or skip one."""
+    settings = state.settings
+    if limit > settings.max_list_page:
+        raise bad_request(
+            f"limit {limit} is over the page limit; ask for 1 to {settings.max_list_page} "
+            "sessions a page and follow next_cursor"
+        )
+    wanted = listing(owner, project, since, lifecycle_states or [])
+    after = None if cursor is None else decode_cursor(wanted, cursor, settings.max_id_length)
+    query = Q.list_sessions if wanted.project is None else Q.list_sessions_in_project
+    async with state.pool.connection() as conn:
+        cur = await conn.execute(query, wanted.params(after, limit + 1))
+        rows = await cur.fetchall()
+        names = [d.name for d in cur.description or ()]
+    items = [SessionListItem.model_validate(dict(zip(names, r, strict=True))) for r in rows]
+    next_cursor = None
+    if len(items) > limit:
+        items = items[:limit]
+        next_cursor = encode_cursor(wanted, items[-1].active_at, items[-1].id)
+    return SessionListPage(sessions=items, next_cursor=next_cursor)
