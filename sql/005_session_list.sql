@@ -2,24 +2,30 @@
 --
 -- "Most recent" means when the session happened, not when it was uploaded: a backfill of 600
 -- sessions uploads them all in one minute, and `--since 7d` must still mean the sessions of the
--- last week. The client says when each session's files were last written (metadata.modified);
--- active_at keeps that, never later than the upload, or the upload time when the client said
--- nothing usable. It is set when the row is made and when a re-ingest brings new metadata, and
--- never by the pipeline: it is the listing's keyset order, and a key that moved while someone
--- pages would show a session twice or skip it.
+-- last week. active_at is when the session was last active: its transcript's last timestamp
+-- once it is parsed, until then when its files were last written as the client reported it
+-- (metadata.modified), else the upload's time; never later than the moment it is recorded. It
+-- is the listing's keyset order, so it is recomputed only when what it comes from is written:
+-- a new row, new metadata (a re-ingest) or a new parse result, never by a lifecycle step. A
+-- session therefore moves at most once on its way through the pipeline (when it is parsed),
+-- and sessions added while someone pages never make them see one twice or miss one.
 --
 -- Safe to apply while servers and workers of the previous release run: the column is filled by
--- a trigger, so their inserts get it too.
+-- a trigger, so their writes keep it right too.
 
--- When the client says the session was last written: metadata.modified as a time, or NULL when
--- it is missing or not a time (metadata is the client's; a bad value must not refuse an upload).
-CREATE FUNCTION session_modified_at(metadata jsonb) RETURNS timestamptz
+-- A time from a transcript or from the client's metadata, or NULL when it is missing, not a
+-- time, or not a plausible one (infinite, before 1970): a bad value must not refuse an upload or
+-- a parse, nor make a time no client can read.
+CREATE FUNCTION session_time(value text) RETURNS timestamptz
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t timestamptz;
 BEGIN
-    IF jsonb_typeof(metadata->'modified') IS DISTINCT FROM 'string' THEN
+    t := value::timestamptz;
+    IF NOT isfinite(t) OR t < '1970-01-01 00:00+00' THEN
         RETURN NULL;
     END IF;
-    RETURN (metadata->>'modified')::timestamptz;
+    RETURN t;
 EXCEPTION WHEN data_exception THEN
     RETURN NULL;
 END
@@ -29,24 +35,31 @@ ALTER TABLE sessions ADD COLUMN active_at timestamptz;
 
 CREATE FUNCTION sessions_active_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    fallback timestamptz := now();
 BEGIN
-    IF TG_OP = 'INSERT' OR NEW.metadata IS DISTINCT FROM OLD.metadata
-       OR NEW.active_at IS NULL THEN
-        NEW.active_at := least(coalesce(session_modified_at(NEW.metadata), NEW.created_at),
-                               NEW.created_at);
-    ELSE
-        NEW.active_at := OLD.active_at;
+    IF TG_OP = 'INSERT' THEN
+        fallback := NEW.created_at;
+    ELSIF OLD.active_at IS NULL THEN
+        fallback := NEW.created_at;  -- a row made before this migration: when it was uploaded
     END IF;
+    NEW.active_at := least(
+        coalesce(session_time(NEW.parse_result->>'last_timestamp'),
+                 session_time(NEW.metadata->>'modified'),
+                 fallback),
+        now());
     RETURN NEW;
 END
 $$;
 
+-- UPDATE OF: fired only by statements that write these columns, so the worker's lifecycle steps
+-- pay nothing for it.
 CREATE TRIGGER sessions_active_at
-    BEFORE INSERT OR UPDATE ON sessions
+    BEFORE INSERT OR UPDATE OF metadata, parse_result, active_at ON sessions
     FOR EACH ROW EXECUTE FUNCTION sessions_active_at();
 
--- Rows made before this migration (the trigger fills active_at, as it is NULL).
-UPDATE sessions SET active_at = NULL WHERE active_at IS NULL;
+-- Rows made before this migration (the trigger computes each).
+UPDATE sessions SET active_at = NULL;
 ALTER TABLE sessions ALTER COLUMN active_at SET NOT NULL;
 
 -- The project a session belongs to, as the list shows it and --project matches it: the last

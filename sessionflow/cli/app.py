@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sessionflow.cli import backfill, demo, options, sessions, tokens
+from sessionflow.cli import backfill, demo, listing, options, sessions, tokens
 
 app = typer.Typer(
     name="sessionflow",
@@ -21,6 +21,7 @@ app.command("backfill")(backfill.command)
 app.command("demo")(demo.command)
 app.command("status")(sessions.status)
 app.command("show")(sessions.show)
+app.command("list")(listing.command)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

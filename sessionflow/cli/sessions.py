@@ -102,6 +102,8 @@ def _print_detail(detail: SessionDetail) -> None:
     out.print(head)
     if detail.error:
         out.print(Text(f"Error: {detail.error}"))
+    if detail.summary_skipped:
+        out.print(Text(f"Not summarized: {detail.summary_skipped}"))
     summary = detail.summary or {}
     if summary.get("title"):
         out.print(Text("\n" + str(summary["title"]), style="bold"))

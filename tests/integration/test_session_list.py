@@ -140,11 +140,45 @@ async def test_list_orders_by_when_the_session_happened_not_by_upload(
     insert("alice", "future", datetime.now(UTC) + timedelta(days=300))
     insert("alice", "garbled", metadata={"modified": "yesterday-ish"})
     insert("alice", "wrong-type", metadata={"modified": 12})
+    insert("alice", "endless", metadata={"modified": "infinity"})
+    insert("alice", "before-time", metadata={"modified": "-infinity"})
+    insert("alice", "ancient", metadata={"modified": "0044-03-15 BC"})
     ids = await every_page(api, token)
     assert ids[-2:] == ["written-yesterday", "written-last-week"]
-    assert set(ids[:-2]) == {"no-time-given", "future", "garbled", "wrong-type"}
+    assert set(ids[:-2]) == {
+        "no-time-given",
+        "future",
+        "garbled",
+        "wrong-type",
+        "endless",
+        "before-time",
+        "ancient",
+    }
     sessions, _ = await page(api, token)
     assert all(datetime.fromisoformat(s["active_at"]) <= datetime.now(UTC) for s in sessions)
+
+
+async def test_a_parsed_session_is_listed_by_its_transcripts_own_time(
+    api: httpx.AsyncClient, make_token: Callable[[str], str], insert: Insert, db_dsn: str
+) -> None:
+    # Files copied yesterday (their mtime), a conversation of last March: once parsed, the
+    # transcript's last timestamp is when the session happened. Lifecycle steps move nothing.
+    token = make_token("alice")
+    copied = datetime.now(UTC) - timedelta(days=1)
+    insert("alice", "copied", copied)
+    insert("alice", "other", copied - timedelta(hours=1))
+    assert await every_page(api, token) == ["copied", "other"]
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE sessions SET lifecycle = 'downloading' WHERE id = 'copied'")
+        assert await every_page(api, token) == ["copied", "other"]
+        conn.execute("UPDATE sessions SET lifecycle = 'parsing' WHERE id = 'copied'")
+        conn.execute(
+            "UPDATE sessions SET lifecycle = 'parsed', parse_result = %s WHERE id = 'copied'",
+            (Jsonb({"last_timestamp": T0.isoformat().replace("+00:00", "Z")}),),
+        )
+    sessions, _ = await page(api, token)
+    assert [s["id"] for s in sessions] == ["other", "copied"]
+    assert datetime.fromisoformat(sessions[1]["active_at"]) == T0
 
 
 async def test_list_pages_follow_the_cursor_to_the_end_with_ties_broken_by_id(
