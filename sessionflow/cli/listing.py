@@ -170,8 +170,11 @@ async def fetch(
 # --- the table ---------------------------------------------------------------------------
 
 GAP = "  "
-# Below this the title keeps at least this many cells; columns go, in DROP order, until it does.
-MIN_TITLE = 16
+# The title keeps at least this many cells (fewer on a narrow terminal); columns go, in DROP
+# order, until it does.
+MIN_TITLE = 24
+MIN_TITLE_NARROW = 16
+NARROW = 80
 # The id is long (a uuid) and wanted only to `show` one: it takes room only when the title
 # still gets this much.
 MIN_TITLE_WITH_ID = 36
@@ -185,6 +188,7 @@ class Column:
     cell: Callable[[SessionListItem], str]
     right: bool = False
     cap: int | None = None  # widest it may be; longer values are cut with an ellipsis
+    keep_end: bool = False  # cut at the start: a project folder's name ends in what tells
 
 
 def _when(item: SessionListItem, wide: bool) -> str:
@@ -238,10 +242,15 @@ def plain(text: str | None) -> str:
     return " ".join("".join(kept).split())
 
 
-def fit(text: str, width: int) -> str:
-    """text cut to width cells (an ellipsis marks the cut), padded to width."""
+def fit(text: str, width: int, *, keep_end: bool = False) -> str:
+    """text cut to width cells (an ellipsis marks the cut, at the end or the start), padded
+    to width."""
     if cell_len(text) > width:
-        text = set_cell_size(text, max(0, width - 1)) + "…"
+        if keep_end:
+            tail = set_cell_size(text[::-1], max(0, width - 1))[::-1].lstrip()
+            text = "…" + tail
+        else:
+            text = set_cell_size(text, max(0, width - 1)) + "…"
     return set_cell_size(text, width)
 
 
@@ -251,7 +260,13 @@ def columns(width: int) -> list[Column]:
     return [
         Column("when", "when", lambda i: _when(i, wide)),
         Column("title", "title", lambda i: plain(i.title) or "–"),
-        Column("project", "project", lambda i: plain(i.project) or "–", cap=project_cap),
+        Column(
+            "project",
+            "project",
+            lambda i: plain(i.project) or "–",
+            cap=project_cap,
+            keep_end=True,
+        ),
         Column("state", "state", lambda i: i.lifecycle.value),
         Column("duration", "duration", lambda i: _duration(i.duration_seconds), right=True),
         Column("tokens", "tokens", lambda i: _tokens(i.tokens), right=True),
@@ -282,8 +297,9 @@ def layout(items: list[SessionListItem], width: int) -> list[tuple[Column, int]]
         others = sum(widths[k] for k in kept if k != "title")
         return width - others - len(GAP) * (len(kept) - 1)
 
+    least = MIN_TITLE if width >= NARROW else MIN_TITLE_NARROW
     for key in DROP:
-        need = MIN_TITLE_WITH_ID if key == "id" else MIN_TITLE
+        need = MIN_TITLE_WITH_ID if key == "id" else least
         if title_room() >= min(need, title_natural):
             break
         kept.remove(key)
@@ -301,7 +317,7 @@ def render(items: list[SessionListItem], width: int) -> list[str]:
             if col.right and cell_len(text) <= w:
                 cut = " " * (w - cell_len(text)) + text
             else:
-                cut = fit(text, w)
+                cut = fit(text, w, keep_end=col.keep_end)
             cells.append(cut)
         lines.append(GAP.join(cells).rstrip())
     return lines
