@@ -269,8 +269,9 @@ class SessionListItem(BaseModel):
     id: str
     lifecycle: Lifecycle
     parse_status: ParseStatus
-    # When the session happened: its files' last write as the client reported it, never later
-    # than its upload (else the upload's time). The listing is ordered by it, newest first.
+    # When the session was last active: its transcript's last timestamp once parsed, until
+    # then its files' last write as the client reported it (else the upload's time); never in
+    # the future. The listing is ordered by it, newest first (sql/005_session_list.sql).
     active_at: datetime
     project: str | None
     title: str | None

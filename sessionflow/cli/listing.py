@@ -109,7 +109,12 @@ def command(
     ] = None,
     limit: Annotated[
         int,
-        typer.Option("--limit", min=0, help="Show at most this many sessions (0: all)."),
+        typer.Option(
+            "--limit",
+            min=0,
+            envvar="SESSIONFLOW_LIST_LIMIT",
+            help="Show at most this many sessions (0: all).",
+        ),
     ] = 20,
     server: options.Server = None,
     token: options.Token = None,

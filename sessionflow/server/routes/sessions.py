@@ -401,7 +401,7 @@ async def list_sessions(
             "by commas)",
         ),
     ] = None,
-) -> SessionListPage:
+) -> Response:
     """The caller's sessions, most recently active first, a page at a time: follow next_cursor
     until it is null. Sessions added meanwhile never make a page repeat or skip one."""
     settings = state.settings
@@ -422,4 +422,6 @@ async def list_sessions(
     if len(items) > limit:
         items = items[:limit]
         next_cursor = encode_cursor(wanted, items[-1].active_at, items[-1].id)
-    return SessionListPage(sessions=items, next_cursor=next_cursor)
+    # Serialized here, once: FastAPI would validate the page again against response_model.
+    page = SessionListPage(sessions=items, next_cursor=next_cursor)
+    return Response(page.model_dump_json(), media_type="application/json")
