@@ -9,6 +9,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -83,7 +84,8 @@ def command(
         str | None,
         typer.Option(
             "--project",
-            help="Only this project: its name as listed (any case), or its directory.",
+            help="Only this project: its name as listed (any case), or its directory (. for "
+            "the current one).",
             show_default=False,
         ),
     ] = None,
@@ -127,6 +129,9 @@ def command(
     """List the most recent sessions: title, project, state, when, duration, tokens, cost."""
     states = _states(state)
     after = parse_since(since)
+    if project is not None and Path(project).expanduser().is_dir():
+        # A directory (`.` included) names its project by its own name, as the list shows it.
+        project = Path(project).expanduser().resolve().name or project
 
     async def work(client: SessionflowClient) -> int:
         async with client:

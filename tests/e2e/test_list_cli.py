@@ -219,6 +219,7 @@ def test_list_json_lists_every_field_and_pages_through_the_server(
         (["--state", "parsed", "--state", "failed"], [1, 2]),
         (["--project", "INFRA-tools"], [0]),
         (["--project", "/home/u/src/web"], [4]),
+        (["--project", "nowhere"], []),
         (["--since", "7d"], [0, 1, 2]),
         (["--since", "12h"], [0, 1]),
         (["--since", (NOW - timedelta(days=10)).date().isoformat()], [0, 1, 2, 3]),
@@ -233,6 +234,25 @@ def test_list_filters(
     out = run_cli(token, tmp_path, "list", "--server", url, "--json", *args)
     assert out.returncode == 0, out.stderr
     assert [s["id"] for s in json.loads(out.stdout)["sessions"]] == [UUIDS[i] for i in expected]
+
+
+def test_list_project_dot_is_the_current_directorys_project(
+    listed: tuple[str, str], tmp_path: Path
+) -> None:
+    url, token = listed
+    here = tmp_path / "src" / "Infra-Tools"
+    here.mkdir(parents=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "sessionflow", "list", "--server", url, "--json", "--project", "."],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=here,
+        env=cli_env(token, tmp_path),
+    )
+    assert out.returncode == 0, out.stderr
+    assert [s["id"] for s in json.loads(out.stdout)["sessions"]] == [UUIDS[0]]
 
 
 @pytest.mark.parametrize(
