@@ -18,7 +18,7 @@ from rich.console import Console
 
 from sessionflow.cli import options
 from sessionflow.cli.sessions import _run
-from sessionflow.client.http import SessionflowClient
+from sessionflow.client.http import ApiError, SessionflowClient
 from sessionflow.limits import default
 from sessionflow.protocol import Lifecycle, SessionListItem, SessionListPage
 
@@ -135,7 +135,20 @@ def command(
 
     async def work(client: SessionflowClient) -> int:
         async with client:
-            page = await fetch(client, project=project, since=after, states=states, limit=limit)
+            try:
+                page = await fetch(client, project=project, since=after, states=states, limit=limit)
+            except ApiError as exc:
+                if exc.status in (404, 405):
+                    typer.echo(
+                        f"Error: the server at {client.base_url} cannot list sessions (it is "
+                        "older than this command); upgrade it",
+                        err=True,
+                    )
+                    return 1
+                if exc.transient:
+                    raise
+                typer.echo(f"Error: the server refused the listing: {exc.detail}", err=True)
+                return 1
         if json_output:
             typer.echo(page.model_dump_json())
         else:

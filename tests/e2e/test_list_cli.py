@@ -12,9 +12,11 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +292,31 @@ def test_list_with_a_refused_token_is_an_error_sentence(procs: Processes, tmp_pa
     assert out.returncode == 1
     assert out.stderr.startswith("Error: ") and "token" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_list_against_a_server_without_the_listing_says_so_in_words(tmp_path: Path) -> None:
+    class Old(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # what a server of the previous release answers
+            body = b'{"error":"method_not_allowed","detail":"Method Not Allowed"}'
+            self.send_response(405)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Old)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = run_cli("sf_x", tmp_path, "list", "--server", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 1
+    assert out.stderr.startswith("Error: ") and "cannot list sessions" in out.stderr
+    assert "405" not in out.stderr
 
 
 # --- a real backfill, processed by the real worker, then listed and shown -----------------
