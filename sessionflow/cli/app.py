@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from sessionflow.cli import backfill, demo, localshare, options, sessions, tokens
+from sessionflow.cli.helptext import App
 
-app = typer.Typer(
+app = App(
     name="sessionflow",
     help="Backfill coding-agent session transcripts into a server and watch its pipeline finish.",
     no_args_is_help=True,
@@ -32,10 +33,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(envvar="SESSIONFLOW_HOST", help="Address to listen on.")
+        str,
+        typer.Option(envvar="SESSIONFLOW_HOST", metavar="ADDRESS", help="Address to listen on."),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(envvar="SESSIONFLOW_PORT", help="Port to listen on (0: any free one).")
+        int,
+        typer.Option(
+            envvar="SESSIONFLOW_PORT", metavar="PORT", help="Port to listen on (0: any free one)."
+        ),
     ] = 8000,
     data_dir: options.DataDir = None,
     worker: Annotated[
@@ -103,7 +108,8 @@ def worker_command(
             "--concurrency",
             min=1,
             envvar="SESSIONFLOW_WORKER_CONCURRENCY",
-            help="Sessions processed at once (default 2, or SESSIONFLOW_WORKER_CONCURRENCY).",
+            metavar="N",
+            help="Sessions processed at once (default: 2).",
             show_default=False,
         ),
     ] = None,
@@ -115,6 +121,7 @@ def worker_command(
             min=0,
             max=65535,
             envvar="SESSIONFLOW_WORKER_METRICS_PORT",
+            metavar="PORT",
             help="Serve Prometheus metrics on this port (default: off).",
             show_default=False,
         ),
@@ -124,6 +131,7 @@ def worker_command(
         typer.Option(
             "--metrics-host",
             envvar="SESSIONFLOW_WORKER_METRICS_HOST",
+            metavar="ADDRESS",
             help="Address the metrics port listens on.",
         ),
     ] = "127.0.0.1",

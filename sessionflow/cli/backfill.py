@@ -496,6 +496,7 @@ Paths = Annotated[
     list[Path] | None,
     typer.Argument(
         help="Files or folders to search for *.jsonl transcripts (default: ~/.claude/projects).",
+        metavar="PATHS",
         show_default=False,
     ),
 ]
@@ -507,7 +508,14 @@ def command(
     token: options.Token = None,
     data_dir: options.DataDir = None,
     concurrency: Annotated[
-        int, typer.Option(min=1, max=64, envvar="SESSIONFLOW_CONCURRENCY", help="Uploads at once.")
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            envvar="SESSIONFLOW_CONCURRENCY",
+            metavar="N",
+            help="Uploads at once (1 to 64).",
+        ),
     ] = 8,
     force: Annotated[bool, typer.Option(help="Upload even what the server already has.")] = False,
     timeout: Annotated[
@@ -515,6 +523,7 @@ def command(
         typer.Option(
             min=0,
             envvar="SESSIONFLOW_TIMEOUT",
+            metavar="SECONDS",
             help="Seconds to wait for processing (0: no limit).",
         ),
     ] = 600.0,
@@ -523,13 +532,14 @@ def command(
     ] = True,
     transport: options.TransportChoice = options.TransportName.AUTO,
     poll_interval: Annotated[
-        float, typer.Option(min=0.1, help="Seconds between batch-status polls.")
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds between batch-status polls.")
     ] = 3.0,
     reconcile_interval: Annotated[
         float,
         typer.Option(
             min=0,
             envvar="SESSIONFLOW_RECONCILE_INTERVAL",
+            metavar="SECONDS",
             help="While on the WebSocket, check with one batch-status round this often "
             "(seconds; 0: never).",
         ),
