@@ -86,7 +86,9 @@ class Interrupt:
         elif self.phase == "upload":
             message = "Stopped uploading; run the same command again to upload the rest."
         elif self.local:
-            message = "Stopped watching; the local server stops now and resumes on the next run."
+            message = (
+                "Stopped watching; what is left is processed the next time the local server runs."
+            )
         else:
             message = "Stopped watching; the server keeps processing."
         print(f"\n{message}", file=sys.stderr, flush=True)
@@ -188,7 +190,8 @@ async def _run(
     for path, why in found.skipped[:FAILED_SHOWN]:
         ui.warn(f"skipped {path}: {why}")
     if len(found.skipped) > FAILED_SHOWN:
-        ui.warn(f"and {len(found.skipped) - FAILED_SHOWN} more files skipped (listed at the end)")
+        more = _count(len(found.skipped) - FAILED_SHOWN, "more file")
+        ui.warn(f"and {more} skipped (listed at the end)")
     if not found.sessions:
         where = ", ".join(str(p) for p in options.paths)
         ui.say(f"No transcripts to backfill under {where}.")
@@ -317,7 +320,8 @@ async def _phases(
         return EXIT_INTERRUPTED, report
     feed.close()
     ui.finish_upload()
-    report["upload_seconds"] = round(time.monotonic() - started, 3)
+    uploads_ended = time.monotonic()
+    report["upload_seconds"] = round(uploads_ended - started, 3)
     report["uploaded"] = len(uploaded.uploaded)
     report["skipped"] = len(uploaded.skipped)
     report["upload_failed"] = [{"id": sid, "error": why} for sid, why in uploaded.failed]
@@ -328,7 +332,7 @@ async def _phases(
     for sid, why in uploaded.failed[:FAILED_SHOWN]:
         ui.warn(f"upload of {sid} failed: {why}")
     if len(uploaded.failed) > FAILED_SHOWN:
-        ui.warn(f"and {len(uploaded.failed) - FAILED_SHOWN} more uploads failed")
+        ui.warn(f"and {_count(len(uploaded.failed) - FAILED_SHOWN, 'more upload')} failed")
     if tracking is None:
         ui.close()
         ui.say(
@@ -342,7 +346,7 @@ async def _phases(
 
     interrupt.phase = "processing"
     result = await tracking
-    report["processing_seconds"] = round(time.monotonic() - started, 3)
+    report["processing_seconds"] = round(time.monotonic() - uploads_ended, 3)  # after the upload
     ui.finish_processing()
     ui.close()
 

@@ -48,7 +48,8 @@ def command(
         folder = Path(tmp)
         write_sample_transcripts(folder, sessions, seed=chosen_seed)
         if not json_output:
-            typer.echo(f"Wrote {sessions} sample transcripts to {folder} (seed {chosen_seed})")
+            noun = "transcript" if sessions == 1 else "transcripts"
+            typer.echo(f"Wrote {sessions} sample {noun} to {folder} (seed {chosen_seed})")
         opts = BackfillOptions(
             paths=[folder],
             server=None,

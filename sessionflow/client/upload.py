@@ -24,7 +24,6 @@ from sessionflow.protocol import (
     MAX_BATCH_IDS,
     FileUploadResponse,
     RegisterResponse,
-    SessionRegistration,
     chunked,
 )
 
@@ -112,20 +111,40 @@ async def backfill(
 
     by_id = {s.session_id: s for s in sessions}
     needed: list[tuple[str, list[str] | None]] = []  # (id, the files the server lacks)
-    for batch in chunked([s.session_id for s in sessions], MAX_BATCH_IDS):
+
+    async def register(batch: Sequence[str]) -> RegisterResponse | None:
+        """The server's answer for a batch; a batch it refuses (one session over a limit, say)
+        is registered one session at a time, so that only the refused ones fail."""
         registrations = [by_id[sid].registration() for sid in batch]
+        try:
+            return await _retrying(lambda: client.register(registrations), options)
+        except ApiError as exc:
+            if exc.transient or exc.status in (401, 403):
+                raise
+            if len(batch) == 1:
+                result.failed.append((batch[0], str(exc)))
+                events.on_failed(batch[0], str(exc))
+                events.on_progress(1)
+                return None
+        upload: list[str] = []
+        missing: dict[str, list[str]] = {}
+        for sid in batch:
+            answer = await register([sid])
+            if answer is not None:
+                upload += answer.upload
+                missing.update(answer.missing_files)
+        return RegisterResponse(upload=upload, missing_files=missing)
 
-        def register(
-            regs: list[SessionRegistration] = registrations,
-        ) -> Awaitable[RegisterResponse]:
-            return client.register(regs)
-
-        answer = await _retrying(register, options)
-        wanted = set(answer.upload)
+    for batch in chunked([s.session_id for s in sessions], MAX_BATCH_IDS):
+        answer = await register(batch)
+        refused = {sid for sid, _ in result.failed}
+        wanted = set(answer.upload) if answer is not None else set()
         ready = []
         for sid in batch:
+            if sid in refused:
+                continue
             if options.force or sid in wanted:
-                needed.append((sid, answer.missing_files.get(sid)))
+                needed.append((sid, answer.missing_files.get(sid) if answer else None))
             else:
                 result.skipped.append(sid)
                 ready.append(sid)

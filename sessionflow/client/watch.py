@@ -41,6 +41,8 @@ BACKOFF_BASE = 0.5
 BACKOFF_MAX = 15.0
 # The client pings too (as the server does): a dead server or path shows within this, twice.
 KEEPALIVE_SECONDS = 20.0
+# Ids added to a running watch wait this long to be sent together.
+ADD_COALESCE_SECONDS = 0.25
 # Whatever a server sends is at most 500 ids per message; this leaves ample room.
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -233,6 +235,9 @@ async def _session(
         while True:
             await asyncio.wait({receiving, adding}, return_when=asyncio.FIRST_COMPLETED)
             if adding.done():
+                # A moment to gather what else arrives: an upload burst goes in one message
+                # (each is answered with a snapshot query).
+                await asyncio.sleep(ADD_COALESCE_SECONDS)
                 ids.added.clear()
                 more = list(ids[len(watched) :])
                 watched.update(more)

@@ -58,7 +58,7 @@ def test_both_bars_live_from_the_first_upload_and_steady_at_every_width(
     bar_widths = set()
     for screen in run.screens:
         for line in screen:
-            if line.startswith(("Backfilling", "Processing")):
+            if line.startswith(("Backfilling:", "Processing: ")):
                 assert len(line) <= columns, line
                 assert ROW.match(line), f"a bar row cut or misshapen at {columns}: {line!r}"
     for frame in both:
