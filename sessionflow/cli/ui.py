@@ -44,7 +44,7 @@ def row_layout(width: int, digits: int) -> tuple[int, int]:
     is shortened."""
     fixed = LABEL_WIDTH + 2 + 1 + (2 * digits + 1) + 2  # label [bar] counts, two spaces
     left = max(0, width - fixed - 1)  # one spare column: a full row would wrap on some terminals
-    bar = min(40, max(10, left // 2))
+    bar = min(40, max(min(10, left), left // 2))  # on a very narrow one, what there is
     return bar, max(0, left - bar)
 
 
