@@ -183,6 +183,7 @@ class _Board:
         return state is None or state.lifecycle not in TERMINAL
 
     def pending(self) -> list[str]:
+        self.absorb()
         return [sid for sid in self.ids if self._pending(sid)]
 
     def done(self) -> bool:
@@ -262,6 +263,13 @@ async def _until_ids(board: _Board) -> None:
         await board.feed.changed.wait()
 
 
+async def _until_pending_or_closed(board: _Board) -> None:
+    while not board.pending() and not board.feed.closed:
+        board.feed.changed.clear()
+        await board.feed.changed.wait()
+        board.absorb()
+
+
 async def _pause(deps: TrackerDeps, seconds: float, board: _Board) -> None:
     """Sleep, but wake early when the feed closes (everything may be final already)."""
     if board.feed.closed:
@@ -290,6 +298,10 @@ async def _track(board: _Board, deps: TrackerDeps, result: PipelineWaitResult) -
     await _until_ids(board)
     while not board.done() and deps.clock() < board.deadline(deps):
         if use_ws and deps.clock() >= next_ws_attempt:
+            if not board.pending():
+                # All final so far and more to come: a watch needs something to watch.
+                await _until_pending_or_closed(board)
+                continue
             try:
                 await _watch_once(board, deps, result)
                 polling = False

@@ -401,3 +401,33 @@ async def test_a_growing_feed_adds_its_ids_to_the_open_watch() -> None:
     result = await asyncio.wait_for(task, 5)
     assert asked == [["a", "b"]]
     assert result.complete and result.transport == "websocket"
+
+
+async def test_a_reconnect_with_nothing_pending_waits_for_the_next_upload() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(clock, {0: {"a": st("parsed", 2), "b": st("parsed", 4)}})
+    feed = IdFeed(["a"], expected=2)
+    opened: list[list[str]] = []
+
+    async def stream(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        opened.append(list(ids))
+        yield WatchUpdate(
+            statuses={sid: server.state_at(0)[sid] for sid in ids}, not_found=[], snapshot=True
+        )
+        if len(opened) == 1:
+            raise WatchUnavailable("dropped")  # with "a" final and "b" not uploaded yet
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(
+        wait_for_pipeline_completion(
+            feed, deps_for(server, clock, watch=stream, ws_retry_initial=2)
+        )
+    )
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not task.done()
+    feed.add(["b"])
+    feed.close()
+    result = await asyncio.wait_for(task, 5)
+    assert result.complete and result.counts == {"parsed": 2}
+    assert opened[0] == ["a"] and all(ids for ids in opened)
