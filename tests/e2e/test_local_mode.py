@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sessionflow.cli import localshare
+from sessionflow.cli.localstack import LocalStackError, attach
 from sessionflow.processes import alive
 from sessionflow.samples import write_sample_transcripts
 from tests.helpers import cli_env
@@ -198,3 +200,31 @@ def test_status_show_and_backfill_use_a_serve_running_on_the_data_dir(
     assert (log.read_text().count("serving on") if log.exists() else 0) == before
     assert served.poll() is None
     assert json.loads((data_dir / "server.json").read_text())["pid"] == served.pid
+
+
+def test_waiting_for_a_local_server_that_never_gets_ready_ends_at_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """A server that is there but silent (its URL never written) costs the deadline, no more:
+    nothing in the wait blocks past it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with localshare.locked(data_dir):
+            localshare.write_record(
+                data_dir,
+                localshare.ServerRecord(
+                    pid=silent.pid,
+                    started=localshare.start_time(silent.pid) or "",
+                    url=None,
+                    while_used=False,
+                ),
+            )
+        with pytest.raises(LocalStackError, match="not ready within 1 s"):
+            attach(data_dir, lambda _: None, ready_timeout=1.0)
+        assert silent.poll() is None  # not ours: left alone
+        assert localshare.clients(data_dir) == []  # and this process no longer counts
+    finally:
+        silent.kill()
+        silent.wait()
