@@ -467,8 +467,7 @@ def _print_verdict(out: Console, report: dict[str, Any], result: PipelineWaitRes
     reasons = _not_accounted(report, result)
     if reasons:
         out.print(
-            f"Not every transcript is on the server: {'; '.join(reasons)}. Run the same command "
-            "again to retry what failed.",
+            f"Not every transcript is on the server: {'; '.join(reasons)} (listed above).",
             highlight=False,
             markup=False,
         )

@@ -79,6 +79,11 @@ async def gzip_stream(path: Path) -> AsyncIterator[bytes]:
     yield compressor.flush()
 
 
+def _why(exc: Exception) -> str:
+    """Why an upload failed, as a sentence: the server's own words, without its codes."""
+    return exc.detail if isinstance(exc, ApiError) and exc.detail else str(exc)
+
+
 def _short_reason(exc: ClientError) -> str:
     """A few words on a transient failure, for a progress note."""
     if isinstance(exc, ServerUnreachable):
@@ -122,8 +127,8 @@ async def backfill(
             if exc.transient or exc.status in (401, 403):
                 raise
             if len(batch) == 1:
-                result.failed.append((batch[0], str(exc)))
-                events.on_failed(batch[0], str(exc))
+                result.failed.append((batch[0], _why(exc)))
+                events.on_failed(batch[0], _why(exc))
                 events.on_progress(1)
                 return None
         upload: list[str] = []
@@ -160,8 +165,8 @@ async def backfill(
             except (AuthError, ServerUnreachable):
                 raise
             except (ClientError, _Unreadable) as exc:
-                result.failed.append((session.session_id, str(exc)))
-                events.on_failed(session.session_id, str(exc))
+                result.failed.append((session.session_id, _why(exc)))
+                events.on_failed(session.session_id, _why(exc))
             else:
                 result.uploaded.append(session.session_id)
                 events.on_ready([session.session_id])

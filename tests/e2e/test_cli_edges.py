@@ -132,7 +132,8 @@ def test_uploads_the_server_refuses_are_named_the_rest_go_on_and_the_exit_is_1(
     count = int(heading.split()[2])
     assert count >= 2 and heading.endswith(("session:", "sessions:"))
     listed = lines[lines.index(heading) + 1 :]
-    assert sum(1 for line in listed[:5] if "413" in line or "limit" in line) == min(count, 5)
+    assert sum(1 for line in listed[:5] if "the limit is" in line) == min(count, 5)
+    assert not any("413" in line or "too_large" in line for line in listed)  # words, not codes
     if count > 5:
         assert listed[5].strip().startswith(f"and {count - 5} more")
     assert lines[-1].startswith("Not every transcript is on the server:")
