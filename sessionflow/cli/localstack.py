@@ -86,6 +86,20 @@ def attach(
 ) -> LocalServer:
     """Use the data dir's local server, starting one if none runs; wait until it is ready.
     Raises StartCancelled as soon as `cancelled` is set, LocalStackError if it cannot start."""
+    try:
+        return _attach(data_dir, say, cancelled, ready_timeout)
+    except OSError as exc:  # a data dir this user cannot write, a full disk
+        raise LocalStackError(
+            f"cannot use the data dir {data_dir}: {exc.strerror or exc}"
+        ) from None
+
+
+def _attach(
+    data_dir: Path,
+    say: Callable[[str], None],
+    cancelled: threading.Event | None,
+    ready_timeout: float,
+) -> LocalServer:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = data_dir / "server.log"
     me = os.getpid()
