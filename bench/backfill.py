@@ -126,7 +126,7 @@ def ctrl_c(url: str, env: dict[str, str], folder: Path, trials: int) -> dict[str
     bare = [sys.executable, "-c", "import time; time.sleep(600)"]
     delays, baseline = [], []
     for _ in range(trials):  # interleaved, so both see the same neighbours
-        delays.append(_sigint_to_exit(cli, env, ready="Processing"))
+        delays.append(_sigint_to_exit(cli, env, ready=" done"))  # uploaded: now watching
         baseline.append(_sigint_to_exit(bare, env, ready=None))
     return {
         "trials": trials,

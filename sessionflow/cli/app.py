@@ -3,13 +3,15 @@ command, so that the client commands never load it."""
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
 
-from sessionflow.cli import backfill, demo, listing, options, sessions, tokens
+from sessionflow.cli import backfill, demo, listing, localshare, options, sessions, tokens
+from sessionflow.cli.helptext import App
 
-app = typer.Typer(
+app = App(
     name="sessionflow",
     help="Backfill coding-agent session transcripts into a server and watch its pipeline finish.",
     no_args_is_help=True,
@@ -32,10 +34,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(envvar="SESSIONFLOW_HOST", help="Address to listen on.")
+        str,
+        typer.Option(envvar="SESSIONFLOW_HOST", metavar="ADDRESS", help="Address to listen on."),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(envvar="SESSIONFLOW_PORT", help="Port to listen on (0: any free one).")
+        int,
+        typer.Option(
+            envvar="SESSIONFLOW_PORT", metavar="PORT", help="Port to listen on (0: any free one)."
+        ),
     ] = 8000,
     data_dir: options.DataDir = None,
     worker: Annotated[
@@ -47,9 +53,18 @@ def serve(
             "`sessionflow worker` processes do it).",
         ),
     ] = True,
+    while_used: Annotated[
+        bool,
+        typer.Option(
+            "--while-used",
+            hidden=True,
+            help="Stop once no CLI uses this server (how the CLI's local mode runs it).",
+        ),
+    ] = False,
 ) -> None:
     """Run the API server (and apply migrations). With no SESSIONFLOW_DATABASE_URL it starts an
-    embedded PostgreSQL in the data dir and writes a token for owner 'local' there."""
+    embedded PostgreSQL in the data dir and writes a token for owner 'local' there; CLI
+    commands on the same data dir then use this server instead of starting their own."""
     from sessionflow.local import EmbeddedDatabaseError
     from sessionflow.logs import configure_logging
     from sessionflow.server.run import ServeError
@@ -57,10 +72,33 @@ def serve(
 
     settings = tokens.load_settings(data_dir).model_copy(update={"serve_worker": worker})
     configure_logging(settings.log_format)
+    # A SIGTERM from here on leaves through the exit hooks, which stop the embedded
+    # PostgreSQL (the default action would leave it running).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # The data dir's local server, for CLI commands to find: only with the embedded database,
+    # whose token the data dir holds.
+    shared = settings.data_dir if not settings.database_url else None
+    if shared is not None and while_used:
+        localshare.stop_when_unused(shared)
+
+    def say(line: str) -> None:
+        typer.echo(line)
+        if shared is not None and "serving on " in line:
+            localshare.serving(
+                shared, line.rsplit("serving on ", 1)[1].strip(), while_used=while_used
+            )
+
     try:
-        run_server(settings, host, port, say=lambda line: typer.echo(line))
+        run_server(settings, host, port, say=say)
     except (ServeError, EmbeddedDatabaseError) as exc:
         raise fail(str(exc)) from None
+    finally:
+        if shared is not None:
+            localshare.forget(shared)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command("worker")
@@ -71,7 +109,8 @@ def worker_command(
             "--concurrency",
             min=1,
             envvar="SESSIONFLOW_WORKER_CONCURRENCY",
-            help="Sessions processed at once (default 2, or SESSIONFLOW_WORKER_CONCURRENCY).",
+            metavar="N",
+            help="Sessions processed at once (default: 2).",
             show_default=False,
         ),
     ] = None,
@@ -83,6 +122,7 @@ def worker_command(
             min=0,
             max=65535,
             envvar="SESSIONFLOW_WORKER_METRICS_PORT",
+            metavar="PORT",
             help="Serve Prometheus metrics on this port (default: off).",
             show_default=False,
         ),
@@ -92,6 +132,7 @@ def worker_command(
         typer.Option(
             "--metrics-host",
             envvar="SESSIONFLOW_WORKER_METRICS_HOST",
+            metavar="ADDRESS",
             help="Address the metrics port listens on.",
         ),
     ] = "127.0.0.1",

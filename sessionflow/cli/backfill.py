@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +21,20 @@ import typer
 from rich.console import Console
 
 from sessionflow.cli import options
-from sessionflow.cli.localstack import LocalStackError, endpoint
+from sessionflow.cli.localstack import (
+    LocalServer,
+    LocalStackError,
+    StartCancelled,
+    attach,
+    leave,
+    remote,
+)
 from sessionflow.cli.ui import UI, make_ui
 from sessionflow.client.discovery import Discovery, DiscoveryError, LocalSession, discover
 from sessionflow.client.http import AuthError, ClientError, ServerUnreachable, SessionflowClient
-from sessionflow.client.tracking import PipelineWaitResult, TrackerDeps, Transport
+from sessionflow.client.tracking import IdFeed, PipelineWaitResult, TrackerDeps, Transport
 from sessionflow.client.tracking import wait_for_pipeline_completion as track
-from sessionflow.client.upload import UploadOptions, UploadResult, backfill
+from sessionflow.client.upload import UploadEvents, UploadOptions, UploadResult, backfill
 from sessionflow.client.watch import watch
 from sessionflow.protocol import Lifecycle
 
@@ -57,23 +65,30 @@ class BackfillOptions:
 
 
 class Interrupt:
-    """First Ctrl-C: stop now and say so at once. Second: leave at once."""
+    """First Ctrl-C: stop now and say so at once. Second: leave at once (a local server this
+    run started then stops by itself, as nobody uses it any more)."""
 
-    def __init__(self, ui: UI, local: bool) -> None:
+    def __init__(self, ui: UI) -> None:
         self.ui = ui
-        self.local = local
-        self.phase = "upload"
+        self.local = False
+        self.phase = "starting"
         self.event = asyncio.Event()
+        self.cancel_start = threading.Event()
 
     def __call__(self) -> None:
         if self.event.is_set():
             os._exit(EXIT_INTERRUPTED)
         self.event.set()
+        self.cancel_start.set()
         self.ui.close()
-        if self.phase == "upload":
+        if self.phase == "starting":
+            message = "Stopped."
+        elif self.phase == "upload":
             message = "Stopped uploading; run the same command again to upload the rest."
         elif self.local:
-            message = "Stopped watching; the local server stops now and resumes on the next run."
+            message = (
+                "Stopped watching; what is left is processed the next time the local server runs."
+            )
         else:
             message = "Stopped watching; the server keeps processing."
         print(f"\n{message}", file=sys.stderr, flush=True)
@@ -132,6 +147,7 @@ def _new_report() -> dict[str, Any]:
         "upload_failed": [],
         "files": {"found": 0, "sessions": 0, "in_sessions": 0, "subagent_runs": 0},
         "files_skipped": [],
+        "files_withheld": [],
         "main_transcript_missing": [],
         "complete": False,
         "timed_out": False,
@@ -147,6 +163,19 @@ def _new_report() -> dict[str, Any]:
 async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict[str, Any]]:
     """The whole command; returns (exit code, the report --json prints)."""
     report = _new_report()
+    loop = asyncio.get_running_loop()
+    # From the start: a Ctrl-C while the local server starts is answered like any other.
+    interrupt = Interrupt(ui)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        return await _run(options, ui, out, interrupt, report)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _run(
+    options: BackfillOptions, ui: UI, out: Console, interrupt: Interrupt, report: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
     try:
         found = await asyncio.to_thread(discover, options.paths, max_bytes=options.max_bytes)
     except DiscoveryError as exc:
@@ -161,29 +190,39 @@ async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict
     for path, why in found.skipped[:FAILED_SHOWN]:
         ui.warn(f"skipped {path}: {why}")
     if len(found.skipped) > FAILED_SHOWN:
-        ui.warn(f"and {len(found.skipped) - FAILED_SHOWN} more files skipped (listed at the end)")
+        more = _count(len(found.skipped) - FAILED_SHOWN, "more file")
+        ui.warn(f"and {more} skipped (listed at the end)")
     if not found.sessions:
         where = ", ".join(str(p) for p in options.paths)
         ui.say(f"No transcripts to backfill under {where}.")
         report["complete"] = True
-        return EXIT_OK, report
+        code = EXIT_ERROR if found.withheld else EXIT_OK
+        if code and not options.json_output:
+            _print_files(out, report)
+            _print_verdict(out, report, None)
+        return code, report
+    if interrupt.event.is_set():
+        report["interrupted"] = True
+        return EXIT_INTERRUPTED, report
 
-    loop = asyncio.get_running_loop()
+    local: LocalServer | None = None
     try:
-        with endpoint(options.server, options.token, options.data_dir, ui.say) as (
-            url,
-            token,
-            local,
-        ):
-            interrupt = Interrupt(ui, local)
-            loop.add_signal_handler(signal.SIGINT, interrupt)
-            try:
-                async with SessionflowClient(url, token) as client:
-                    return await _phases(
-                        options, client, url, token, found.sessions, ui, out, interrupt, report
-                    )
-            finally:
-                loop.remove_signal_handler(signal.SIGINT)
+        if options.server:
+            url, token = remote(options.server, options.token), options.token or ""
+        else:
+            local = await asyncio.to_thread(
+                attach, options.data_dir, ui.say, interrupt.cancel_start
+            )
+            url, token = local.url, options.token or local.token
+            interrupt.local = True
+        interrupt.phase = "upload"
+        async with SessionflowClient(url, token) as client:
+            return await _phases(
+                options, client, url, token, found.sessions, ui, out, interrupt, report
+            )
+    except StartCancelled:
+        report["interrupted"] = True
+        return EXIT_INTERRUPTED, report
     except AuthError as exc:
         ui.close()
         ui.error(
@@ -199,6 +238,9 @@ async def run(options: BackfillOptions, ui: UI, out: Console) -> tuple[int, dict
         ui.close()
         ui.error(str(exc))
         report["error"] = str(exc)
+    finally:
+        if local is not None:
+            await asyncio.to_thread(leave, local)
     return EXIT_ERROR, report
 
 
@@ -228,57 +270,83 @@ async def _phases(
     interrupt: Interrupt,
     report: dict[str, Any],
 ) -> tuple[int, dict[str, Any]]:
-    # Phase 1: backfilling.
+    # Uploading, and from the first session the server has, following its processing: both
+    # bars live at once.
     started = time.monotonic()
     ui.start_upload(len(sessions))
-    upload_options = UploadOptions(concurrency=options.concurrency, force=options.force)
-    uploading = asyncio.ensure_future(
-        backfill(client, sessions, upload_options, on_progress=ui.advance_upload)
+    feed = IdFeed(expected=len(sessions))
+    tracking: asyncio.Future[PipelineWaitResult] | None = None
+    if options.wait:
+        ui.start_processing(len(sessions))
+
+        def fell_back(why: str) -> None:
+            ui.warn(f"live updates unavailable ({why}); polling every {options.poll_interval:g} s")
+
+        deps = TrackerDeps(
+            client=client,
+            watch=lambda ids: watch(url, token, ids, reconnect=False),
+            on_progress=ui.update_processing,
+            on_fallback=fell_back,
+            timeout=options.timeout or math.inf,  # 0: no limit
+            poll_interval=options.poll_interval,
+            reconcile_interval=options.reconcile_interval,
+            transport=options.transport,
+            stop=interrupt.event,
+        )
+        tracking = asyncio.ensure_future(track(feed, deps))
+
+    def failed(_sid: str, _why: str) -> None:
+        feed.drop_expected()
+
+    events = UploadEvents(
+        on_progress=ui.advance_upload,
+        on_ready=feed.add,
+        on_failed=failed,
+        on_retry=ui.upload_retrying,
     )
-    if await _first(uploading, interrupt.event):
+    upload_options = UploadOptions(concurrency=options.concurrency, force=options.force)
+    uploading = asyncio.ensure_future(backfill(client, sessions, upload_options, events=events))
+    try:
+        interrupted = await _first(uploading, interrupt.event)
+        uploaded: UploadResult | None = None if interrupted else uploading.result()
+    except BaseException:
+        if tracking is not None:
+            await _cancel(tracking)
+        raise
+    if uploaded is None:
+        if tracking is not None:
+            await _cancel(tracking)
         report["interrupted"] = True
         return EXIT_INTERRUPTED, report
-    uploaded: UploadResult = uploading.result()
+    feed.close()
     ui.finish_upload()
-    report["upload_seconds"] = round(time.monotonic() - started, 3)
+    uploads_ended = time.monotonic()
+    report["upload_seconds"] = round(uploads_ended - started, 3)
     report["uploaded"] = len(uploaded.uploaded)
     report["skipped"] = len(uploaded.skipped)
     report["upload_failed"] = [{"id": sid, "error": why} for sid, why in uploaded.failed]
     if not uploaded.uploaded and not uploaded.failed:
-        ui.say(f"Nothing to upload: {len(uploaded.skipped)} already on the server.")
+        ui.say(
+            f"Nothing to upload: {_count(len(uploaded.skipped), 'session')} already on the server."
+        )
     for sid, why in uploaded.failed[:FAILED_SHOWN]:
         ui.warn(f"upload of {sid} failed: {why}")
     if len(uploaded.failed) > FAILED_SHOWN:
-        ui.warn(f"and {len(uploaded.failed) - FAILED_SHOWN} more uploads failed")
-    if not options.wait:
+        ui.warn(f"and {_count(len(uploaded.failed) - FAILED_SHOWN, 'more upload')} failed")
+    if tracking is None:
         ui.close()
         ui.say(
             f"Uploaded {len(uploaded.uploaded)}, {len(uploaded.skipped)} already on the server; "
             "not waiting for processing (--no-wait). `sessionflow status ID` tells where one is."
         )
-        return (EXIT_ERROR if options.exit_status and uploaded.failed else EXIT_OK), report
+        if not options.json_output:
+            _print_files(out, report)
+            _print_verdict(out, report, None)
+        return _exit_code(options, report, None), report
 
-    # Phase 2: processing, tracked to the end.
     interrupt.phase = "processing"
-    ui.start_processing(len(uploaded.tracked))
-
-    def fell_back(why: str) -> None:
-        ui.warn(f"live updates unavailable ({why}); polling every {options.poll_interval:g} s")
-
-    deps = TrackerDeps(
-        client=client,
-        watch=lambda ids: watch(url, token, ids, reconnect=False),
-        on_progress=ui.update_processing,
-        on_fallback=fell_back,
-        timeout=options.timeout or math.inf,  # 0: no limit
-        poll_interval=options.poll_interval,
-        reconcile_interval=options.reconcile_interval,
-        transport=options.transport,
-        stop=interrupt.event,
-    )
-    tracking_started = time.monotonic()
-    result = await track(uploaded.tracked, deps)
-    report["processing_seconds"] = round(time.monotonic() - tracking_started, 3)
+    result = await tracking
+    report["processing_seconds"] = round(time.monotonic() - uploads_ended, 3)  # after the upload
     ui.finish_processing()
     ui.close()
 
@@ -299,15 +367,48 @@ async def _phases(
     if not options.json_output:
         _print_outcome(out, result, report["failed"])
         _print_files(out, report)
+        _print_verdict(out, report, result)
     elif result.timed_out:
         ui.warn(
             f"timed out after {options.timeout:g} s; still pending: {_pending_description(result)}"
         )
-    if result.timed_out:
-        return EXIT_TIMEOUT, report
-    if options.exit_status and (failed_ids or uploaded.failed):
-        return EXIT_ERROR, report
-    return EXIT_OK, report
+    return _exit_code(options, report, result), report
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ClientError):
+        await task
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 session', '2 sessions'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _exit_code(
+    options: BackfillOptions, report: dict[str, Any], result: PipelineWaitResult | None
+) -> int:
+    """0 only when every transcript found is on the server and reached a final state."""
+    if result is not None and result.timed_out:
+        return EXIT_TIMEOUT
+    if _not_accounted(report, result):
+        return EXIT_ERROR
+    if options.exit_status and report["failed"]:
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _not_accounted(report: dict[str, Any], result: PipelineWaitResult | None) -> list[str]:
+    """Why not every transcript found is on the server in a final state, one reason a kind."""
+    reasons = []
+    if report["files_withheld"]:
+        reasons.append(f"{_count(len(report['files_withheld']), 'transcript')} could not be sent")
+    if report["upload_failed"]:
+        reasons.append(f"{_count(len(report['upload_failed']), 'upload')} failed")
+    if result is not None and result.not_found:
+        reasons.append(f"{_count(len(result.not_found), 'session')} not found on the server")
+    return reasons
 
 
 def _account_for_files(found: Discovery, report: dict[str, Any]) -> None:
@@ -319,30 +420,54 @@ def _account_for_files(found: Discovery, report: dict[str, Any]) -> None:
         "subagent_runs": sum(1 for s in found.sessions for f in s.files if f.role == "subagent"),
     }
     report["files_skipped"] = [{"path": str(p), "reason": why} for p, why in found.skipped]
+    report["files_withheld"] = [str(p) for p in found.withheld]
     report["main_transcript_missing"] = [s.session_id for s in found.sessions if s.main is None]
 
 
 def _print_files(out: Console, report: dict[str, Any]) -> None:
-    """Where every file found went: no transcript is left out without a line that names it."""
+    """Where every file found went: no transcript is left out without a line that names it,
+    and a run that ends with something missing says so last."""
     files = report["files"]
+    runs = files["subagent_runs"]
     line = (
-        f"Files: {files['found']} found, {files['in_sessions']} in {files['sessions']} sessions"
-        f" ({files['subagent_runs']} of them subagent runs)"
+        f"Files: {files['found']} found, {files['in_sessions']} in "
+        f"{_count(files['sessions'], 'session')} ({runs} of them subagent run"
+        f"{'' if runs == 1 else 's'})"
     )
     skipped = report["files_skipped"]
     out.print(line + (f", {len(skipped)} skipped:" if skipped else ""), highlight=False)
-    for item in skipped[:FAILED_SHOWN]:
-        out.print(f"  {item['path']}: {item['reason']}", highlight=False, markup=False)
-    if len(skipped) > FAILED_SHOWN:
-        out.print(
-            f"  and {len(skipped) - FAILED_SHOWN} more (--json lists them all)", highlight=False
-        )
+    _print_some(out, [f"{item['path']}: {item['reason']}" for item in skipped])
+    failed = report["upload_failed"]
+    if failed:
+        out.print(f"Not uploaded: {_count(len(failed), 'session')}:", highlight=False)
+        _print_some(out, [f"{item['id']}: {item['error']}" for item in failed])
     missing = report["main_transcript_missing"]
     if missing:
         shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
         out.print(
-            f"{len(missing)} sessions have subagent runs but no main transcript in the paths "
-            f"given: {shown}",
+            f"{_count(len(missing), 'session')} with subagent runs but no main transcript in "
+            f"the paths given: {shown}",
+            highlight=False,
+            markup=False,
+        )
+
+
+def _print_some(out: Console, lines: list[str]) -> None:
+    """A few lines, then how many more."""
+    for text in lines[:FAILED_SHOWN]:
+        out.print(f"  {text}", highlight=False, markup=False)
+    if len(lines) > FAILED_SHOWN:
+        out.print(
+            f"  and {len(lines) - FAILED_SHOWN} more (--json lists them all)", highlight=False
+        )
+
+
+def _print_verdict(out: Console, report: dict[str, Any], result: PipelineWaitResult | None) -> None:
+    """Why the exit code is 1 when not every transcript found is on the server, final."""
+    reasons = _not_accounted(report, result)
+    if reasons:
+        out.print(
+            f"Not every transcript is on the server: {'; '.join(reasons)} (listed above).",
             highlight=False,
             markup=False,
         )
@@ -351,7 +476,7 @@ def _print_files(out: Console, report: dict[str, Any]) -> None:
 def _print_outcome(out: Console, result: PipelineWaitResult, failed: list[dict[str, str]]) -> None:
     if result.timed_out:
         out.print(
-            f"Warning: timed out; {len(result.pending)} sessions still processing: "
+            f"Warning: timed out; {_count(len(result.pending), 'session')} still processing: "
             f"{_pending_description(result)}",
             highlight=False,
         )
@@ -374,6 +499,7 @@ Paths = Annotated[
     list[Path] | None,
     typer.Argument(
         help="Files or folders to search for *.jsonl transcripts (default: ~/.claude/projects).",
+        metavar="PATHS",
         show_default=False,
     ),
 ]
@@ -385,7 +511,14 @@ def command(
     token: options.Token = None,
     data_dir: options.DataDir = None,
     concurrency: Annotated[
-        int, typer.Option(min=1, max=64, envvar="SESSIONFLOW_CONCURRENCY", help="Uploads at once.")
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            envvar="SESSIONFLOW_CONCURRENCY",
+            metavar="N",
+            help="Uploads at once (1 to 64).",
+        ),
     ] = 8,
     force: Annotated[bool, typer.Option(help="Upload even what the server already has.")] = False,
     timeout: Annotated[
@@ -393,6 +526,7 @@ def command(
         typer.Option(
             min=0,
             envvar="SESSIONFLOW_TIMEOUT",
+            metavar="SECONDS",
             help="Seconds to wait for processing (0: no limit).",
         ),
     ] = 600.0,
@@ -401,13 +535,14 @@ def command(
     ] = True,
     transport: options.TransportChoice = options.TransportName.AUTO,
     poll_interval: Annotated[
-        float, typer.Option(min=0.1, help="Seconds between batch-status polls.")
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds between batch-status polls.")
     ] = 3.0,
     reconcile_interval: Annotated[
         float,
         typer.Option(
             min=0,
             envvar="SESSIONFLOW_RECONCILE_INTERVAL",
+            metavar="SECONDS",
             help="While on the WebSocket, check with one batch-status round this often "
             "(seconds; 0: never).",
         ),

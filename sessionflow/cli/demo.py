@@ -17,14 +17,25 @@ from sessionflow.samples import write_sample_transcripts
 
 def command(
     sessions: Annotated[
-        int, typer.Option("--sessions", min=1, max=100_000, help="How many sample transcripts.")
+        int,
+        typer.Option(
+            "--sessions", min=1, max=100_000, metavar="N", help="How many sample transcripts."
+        ),
     ] = 100,
     seed: Annotated[
         int | None,
-        typer.Option(help="Seed of the samples (the same seed makes the same sessions again)."),
+        typer.Option(
+            metavar="N",
+            help="Seed of the samples (the same seed makes the same sessions again).",
+        ),
     ] = None,
     data_dir: options.DataDir = None,
-    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for processing.")] = 600.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0, metavar="SECONDS", help="Seconds to wait for processing (0: no limit)."
+        ),
+    ] = 600.0,
     transport: options.TransportChoice = options.TransportName.AUTO,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object at the end.")
@@ -37,7 +48,8 @@ def command(
         folder = Path(tmp)
         write_sample_transcripts(folder, sessions, seed=chosen_seed)
         if not json_output:
-            typer.echo(f"Wrote {sessions} sample transcripts to {folder} (seed {chosen_seed})")
+            noun = "transcript" if sessions == 1 else "transcripts"
+            typer.echo(f"Wrote {sessions} sample {noun} to {folder} (seed {chosen_seed})")
         opts = BackfillOptions(
             paths=[folder],
             server=None,

@@ -84,6 +84,7 @@ def command(
         str | None,
         typer.Option(
             "--project",
+            metavar="NAME",
             help="Only this project: its name as listed (any case), or its directory (. for "
             "the current one).",
             show_default=False,
@@ -93,6 +94,7 @@ def command(
         str | None,
         typer.Option(
             "--since",
+            metavar="WHEN",
             callback=_since_option,
             help="Only sessions active since then: an age (30m, 12h, 7d, 2w), a date "
             "(2026-03-01) or an ISO time (2026-03-01T14:30; local unless it has an offset).",
@@ -114,6 +116,7 @@ def command(
         typer.Option(
             "--limit",
             min=0,
+            metavar="N",
             envvar="SESSIONFLOW_LIST_LIMIT",
             help="Show at most this many sessions (0: all).",
         ),

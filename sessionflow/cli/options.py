@@ -16,6 +16,7 @@ Server = Annotated[
     typer.Option(
         "--server",
         envvar="SESSIONFLOW_URL",
+        metavar="URL",
         help="The sessionflow server's URL. Without it, a local server runs for the command.",
         show_default=False,
     ),
@@ -25,6 +26,7 @@ Token = Annotated[
     typer.Option(
         "--token",
         envvar="SESSIONFLOW_TOKEN",
+        metavar="TOKEN",
         help="API token for --server (prefer the environment variable: argv is visible to "
         "other users of the machine).",
         show_default=False,
@@ -53,6 +55,7 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="SESSIONFLOW_DATA_DIR",
+        metavar="DIR",
         callback=_usable_data_dir,
         help="Where the embedded database and local transcripts live "
         "(default: ~/.local/share/sessionflow).",

@@ -16,7 +16,7 @@ from sessionflow.cli.localstack import LocalStackError, endpoint
 from sessionflow.client.http import ApiError, AuthError, ClientError, SessionflowClient
 from sessionflow.protocol import SessionDetail
 
-Ids = Annotated[list[str], typer.Argument(help="Session ids.", show_default=False)]
+Ids = Annotated[list[str], typer.Argument(help="Session ids.", show_default=False, metavar="IDS")]
 
 
 def _run(server: str | None, token: str | None, data_dir: Any, work: Any) -> int:
@@ -67,7 +67,9 @@ def status(
 
 
 def show(
-    session_id: Annotated[str, typer.Argument(help="A session id.", show_default=False)],
+    session_id: Annotated[
+        str, typer.Argument(help="A session id.", show_default=False, metavar="ID")
+    ],
     server: options.Server = None,
     token: options.Token = None,
     data_dir: options.DataDir = None,

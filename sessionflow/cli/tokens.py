@@ -9,10 +9,11 @@ import typer
 from pydantic import ValidationError
 
 from sessionflow.cli import options
+from sessionflow.cli.helptext import App
 from sessionflow.logs import first_line
 from sessionflow.settings import Settings
 
-app = typer.Typer(help="Create and revoke API tokens.", no_args_is_help=True)
+app = App(help="Create and revoke API tokens.", no_args_is_help=True)
 
 
 def load_settings(data_dir: Path | None) -> Settings:
@@ -45,7 +46,7 @@ def _connect(data_dir: Path | None):  # type: ignore[no-untyped-def]
 
 @app.command()
 def create(
-    owner: Annotated[str, typer.Option(help="Whose sessions the token sees.")],
+    owner: Annotated[str, typer.Option(metavar="NAME", help="Whose sessions the token sees.")],
     data_dir: options.DataDir = None,
 ) -> None:
     """Create a token for OWNER and print it (only it) on stdout."""
@@ -63,7 +64,10 @@ def create(
 @app.command()
 def revoke(
     token_id: Annotated[
-        str, typer.Argument(help="The token's id (the hex after 'sf_'), or the token.")
+        str,
+        typer.Argument(
+            metavar="TOKEN_ID", help="The token's id (the hex after 'sf_'), or the token."
+        ),
     ],
     data_dir: options.DataDir = None,
 ) -> None:

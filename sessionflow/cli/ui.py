@@ -9,7 +9,7 @@ from typing import Protocol
 
 from rich.console import Console
 from rich.progress import Progress as RichProgress
-from rich.progress import ProgressColumn, Task, TaskID, TextColumn
+from rich.progress import ProgressColumn, Task, TaskID
 from rich.text import Text
 
 from sessionflow.client.tracking import Progress
@@ -18,7 +18,9 @@ LABEL_WIDTH = 13  # "Backfilling: " and "Processing:  " line up
 
 
 def describe_pending(progress: Progress) -> str:
-    return ", ".join(f"{n} {name}" for name, n in progress.pending_counts)
+    """`24 parsing, 15 queued, 40 uploading`: the pipeline's states first, largest first."""
+    counts = sorted(progress.pending_counts, key=lambda item: item[0] == "uploading")
+    return ", ".join(f"{n} {name}" for name, n in counts)
 
 
 class UI(Protocol):
@@ -27,6 +29,7 @@ class UI(Protocol):
     def error(self, message: str) -> None: ...
     def start_upload(self, total: int) -> None: ...
     def advance_upload(self, n: int) -> None: ...
+    def upload_retrying(self, why: str, attempt: int, attempts: int) -> None: ...
     def finish_upload(self) -> None: ...
     def start_processing(self, total: int) -> None: ...
     def update_processing(self, progress: Progress) -> None: ...
@@ -34,40 +37,62 @@ class UI(Protocol):
     def close(self) -> None: ...
 
 
-class _BlockBar(ProgressColumn):
-    """[████████░░░░]: the bar the issue's examples show, in plain characters."""
+def row_layout(width: int, digits: int) -> tuple[int, int]:
+    """(bar, note) widths of a bar's row on a terminal `width` columns wide. The label and the
+    counts are never cut; the bar takes half of what is left (10 to 40 columns) whatever the
+    note says, so it keeps its width as the note changes; the note gets the rest and is what
+    is shortened."""
+    fixed = LABEL_WIDTH + 2 + 1 + (2 * digits + 1) + 2  # label [bar] counts, two spaces
+    left = max(0, width - fixed - 1)  # one spare column: a full row would wrap on some terminals
+    bar = min(40, max(min(10, left), left // 2))  # on a very narrow one, what there is
+    return bar, max(0, left - bar)
 
-    def __init__(self, width: int = 30) -> None:
+
+def fit(note: str, width: int) -> str:
+    """The note cut to width columns, with … where it was cut."""
+    if len(note) <= width:
+        return note
+    return note[: max(0, width - 1)] + "…" if width > 0 else ""
+
+
+class _Row(ProgressColumn):
+    """One bar's row, laid out by row_layout: `Processing:  [████░░░░] 61/99  24 parsing`."""
+
+    def __init__(self, console: Console) -> None:
         super().__init__()
-        self.width = width
+        self.console = console
 
     def render(self, task: Task) -> Text:
-        total = task.total or 0
-        filled = self.width if total == 0 else int(self.width * min(task.completed, total) / total)
-        return Text(f"[{'█' * filled}{'░' * (self.width - filled)}]")
+        digits = int(task.fields["digits"])
+        bar_width, note_width = row_layout(self.console.width, digits)
+        total = int(task.total or 0)
+        done = min(int(task.completed), total)
+        filled = bar_width if total == 0 else bar_width * done // total
+        counts = f"{done:>{digits}}/{total:<{digits}}"
+        note = fit(str(task.fields["note"]), note_width)
+        line = f"{task.description}[{'█' * filled}{'░' * (bar_width - filled)}] {counts}  {note}"
+        return Text(line.rstrip(), no_wrap=True, overflow="crop")
 
 
 class TerminalUI:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.bars = RichProgress(
-            TextColumn("{task.description}"),
-            _BlockBar(),
-            TextColumn("{task.completed:>{task.fields[digits]}}/{task.total}"),
-            TextColumn(" {task.fields[note]}"),
+            _Row(console),
             console=console,
             transient=False,
             refresh_per_second=8,
         )
         self.upload_task: TaskID | None = None
         self.process_task: TaskID | None = None
+        self.digits = 1
 
     def _ensure_started(self) -> None:
         if not self.bars.live.is_started:
             self.bars.start()
 
     def say(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, markup=False)
 
     def warn(self, message: str) -> None:
         self.console.print(Text.assemble(("Warning:", "yellow"), " ", message), highlight=False)
@@ -77,13 +102,18 @@ class TerminalUI:
 
     def start_upload(self, total: int) -> None:
         self._ensure_started()
+        self.digits = len(str(total))
         self.upload_task = self.bars.add_task(
-            "Backfilling:".ljust(LABEL_WIDTH), total=total, note="", digits=len(str(total))
+            "Backfilling:".ljust(LABEL_WIDTH), total=total, note="", digits=self.digits
         )
 
     def advance_upload(self, n: int) -> None:
         if self.upload_task is not None:
-            self.bars.advance(self.upload_task, n)
+            self.bars.update(self.upload_task, advance=n, note="")
+
+    def upload_retrying(self, why: str, attempt: int, attempts: int) -> None:
+        if self.upload_task is not None:
+            self.bars.update(self.upload_task, note=f"retrying ({attempt}/{attempts}): {why}")
 
     def finish_upload(self) -> None:
         if self.upload_task is not None:
@@ -93,13 +123,15 @@ class TerminalUI:
     def start_processing(self, total: int) -> None:
         self._ensure_started()
         self.process_task = self.bars.add_task(
-            "Processing:".ljust(LABEL_WIDTH), total=total, note="waiting…", digits=len(str(total))
+            "Processing:".ljust(LABEL_WIDTH), total=total, note="", digits=self.digits
         )
 
     def update_processing(self, progress: Progress) -> None:
         if self.process_task is not None:
             note = describe_pending(progress) or "✓"
-            self.bars.update(self.process_task, completed=progress.done, note=note)
+            self.bars.update(
+                self.process_task, completed=progress.done, total=progress.total, note=note
+            )
 
     def finish_processing(self) -> None:
         self.bars.refresh()
@@ -119,11 +151,13 @@ class PlainUI:
         self.every = every
         self.upload_total = 0
         self.uploaded = 0
-        self.last_line = 0.0
+        self.last_upload_line = 0.0
+        self.last_process_line = 0.0
+        self.last_retry_line = 0.0
         self.last_progress: Progress | None = None
 
     def _line(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
+        self.console.print(message, highlight=False, soft_wrap=True, markup=False)
 
     def say(self, message: str) -> None:
         self._line(message)
@@ -136,26 +170,31 @@ class PlainUI:
 
     def start_upload(self, total: int) -> None:
         self.upload_total = total
-        self.last_line = time.monotonic()
+        self.last_upload_line = time.monotonic()
         self._line(f"Backfilling: {total} session{'' if total == 1 else 's'}")
 
     def advance_upload(self, n: int) -> None:
         self.uploaded += n
-        if time.monotonic() - self.last_line >= self.every:
-            self.last_line = time.monotonic()
+        if time.monotonic() - self.last_upload_line >= self.every:
+            self.last_upload_line = time.monotonic()
             self._line(f"Backfilling: {self.uploaded}/{self.upload_total}")
+
+    def upload_retrying(self, why: str, attempt: int, attempts: int) -> None:
+        if time.monotonic() - self.last_retry_line >= self.every:
+            self.last_retry_line = time.monotonic()
+            self._line(f"Backfilling: retrying (attempt {attempt} of {attempts}): {why}")
 
     def finish_upload(self) -> None:
         self._line(f"Backfilling: {self.uploaded}/{self.upload_total} done")
 
     def start_processing(self, total: int) -> None:
-        self.last_line = time.monotonic()
+        self.last_process_line = time.monotonic()
         self._line(f"Processing: {total} session{'' if total == 1 else 's'}")
 
     def update_processing(self, progress: Progress) -> None:
         self.last_progress = progress
-        if time.monotonic() - self.last_line >= self.every:
-            self.last_line = time.monotonic()
+        if time.monotonic() - self.last_process_line >= self.every:
+            self.last_process_line = time.monotonic()
             self._line(self._progress_line(progress))
 
     def _progress_line(self, progress: Progress) -> str:

@@ -114,6 +114,9 @@ class Discovery:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why), for people
     files_found: int = 0  # every *.jsonl looked at
     unusable_paths: list[tuple[Path, str]] = field(default_factory=list)  # given, not searched
+    # Of the skipped, the transcripts that cannot go to the server (unreadable, over a limit,
+    # no usable id); the others are not transcripts, or copies of what is uploaded.
+    withheld: list[Path] = field(default_factory=list)
 
     @property
     def files_in_sessions(self) -> int:
@@ -182,6 +185,10 @@ def _project_and_name(path: Path, role: Role) -> tuple[str, str]:
     return path.parent.name, path.name
 
 
+class _Withheld(str):
+    """Why a transcript cannot be uploaded (where a plain str says why a file is none)."""
+
+
 def _classify(path: Path, max_bytes: int) -> _Found | str:
     """What one file is, or why it cannot be uploaded (a sentence)."""
     head = inspect_file(path)
@@ -197,21 +204,23 @@ def _classify(path: Path, max_bytes: int) -> _Found | str:
         # The parent's id: what its lines say, else (2.1.x) the folder it is kept in.
         session_id = head.session_id or (path.parent.parent.name if in_subagents else None)
         if session_id is None:
-            return "it is a subagent run, but none of its first lines names its session"
+            return _Withheld("it is a subagent run, but none of its first lines names its session")
         if not is_valid_session_id(agent_id):
-            return f"its agent id {agent_id[:60]!r} is not usable"
+            return _Withheld(f"its agent id {agent_id[:60]!r} is not usable")
     else:
         session_id = head.session_id or path.stem
         if not is_valid_session_id(session_id) and is_valid_session_id(path.stem):
             session_id = path.stem
     if not is_valid_session_id(session_id):
-        return (
+        return _Withheld(
             f"its session id {session_id[:60]!r} is not usable (1 to {MAX_ID_LENGTH} letters, "
             "digits or . _ : @ + -)"
         )
     stat = path.stat()
     if stat.st_size > max_bytes:
-        return f"it is {stat.st_size:,} bytes, over the {max_bytes:,}-byte limit per file"
+        return _Withheld(
+            f"it is {stat.st_size:,} bytes, over the {max_bytes:,}-byte limit per file"
+        )
     sha256, size = hash_file(path)
     project, name = _project_and_name(path, role)
     local = LocalFile(path, name, role, agent_id, sha256, size, stat.st_mtime)
@@ -280,9 +289,12 @@ def discover(
             found = _classify(path, max_bytes)
         except OSError as exc:
             result.skipped.append((path, f"cannot read it: {exc.strerror or exc}"))
+            result.withheld.append(path)
             continue
         if isinstance(found, str):
             result.skipped.append((path, found))
+            if isinstance(found, _Withheld):
+                result.withheld.append(path)
             continue
         key = found.file.agent_id if found.file.role == "subagent" else None
         parts.setdefault(found.session_id, {}).setdefault(key, []).append(found.file)
@@ -304,6 +316,7 @@ def discover(
                     "this subagent run was left out",
                 )
             )
+            result.withheld.append(extra.path)
         files.extend(runs[:room])
         result.sessions.append(LocalSession(session_id, tuple(files), projects[session_id]))
     return result

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from sessionflow.backoff import backoff_seconds
 from sessionflow.client.http import ApiError, AuthError, ServerUnreachable
-from sessionflow.client.watch import WatchAuthError, WatchUnavailable, WatchUpdate
+from sessionflow.client.watch import WatchAuthError, WatchSet, WatchUnavailable, WatchUpdate
 from sessionflow.protocol import TERMINAL, BatchStatusResponse, SessionStatus
 
 Transport = Literal["auto", "websocket", "poll"]
@@ -95,14 +95,63 @@ class PipelineWaitResult:
         return [sid for sid, s in self.states.items() if s.lifecycle == "failed"]
 
 
+class IdFeed:
+    """The sessions to track, arriving as they are uploaded, so that processing is followed
+    from the first upload on. `expected` is how many will come in all (lowered as uploads
+    fail); close() says no more will: only then can the wait be complete, and only then does
+    the timeout start to run."""
+
+    def __init__(self, ids: Iterable[str] = (), *, expected: int = 0) -> None:
+        self.ids: list[str] = []
+        self._known: set[str] = set()
+        self.expected = expected
+        self.closed = False
+        self.changed = asyncio.Event()
+        self.add(ids)
+
+    def add(self, ids: Iterable[str]) -> None:
+        for sid in ids:
+            if sid not in self._known:
+                self._known.add(sid)
+                self.ids.append(sid)
+        self.changed.set()
+
+    def drop_expected(self, n: int = 1) -> None:
+        """n sessions that were expected will not come (their upload failed)."""
+        self.expected = max(0, self.expected - n)
+        self.changed.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.changed.set()
+
+
 class _Board:
     """What is known of each tracked session."""
 
-    def __init__(self, session_ids: Iterable[str]) -> None:
-        self.ids = list(dict.fromkeys(session_ids))
-        self.tracked = frozenset(self.ids)
+    def __init__(self, feed: IdFeed) -> None:
+        self.feed = feed
+        self.ids: list[str] = []
+        self.tracked: set[str] = set()
         self.states: dict[str, SessionStatus] = {}
         self.not_found: set[str] = set()
+        self.closed_at: float | None = None
+        self.absorb()
+
+    def absorb(self) -> list[str]:
+        """Take the ids the feed has added since; returns them."""
+        new = self.feed.ids[len(self.ids) :]
+        self.ids.extend(new)
+        self.tracked.update(new)
+        return new
+
+    def deadline(self, deps: TrackerDeps) -> float:
+        """The timeout runs from the end of the uploads."""
+        if not self.feed.closed:
+            return math.inf
+        if self.closed_at is None:
+            self.closed_at = deps.clock()
+        return self.closed_at + deps.timeout
 
     def merge(self, statuses: dict[str, SessionStatus], not_found: Iterable[str]) -> None:
         for sid, status in statuses.items():
@@ -134,20 +183,26 @@ class _Board:
         return state is None or state.lifecycle not in TERMINAL
 
     def pending(self) -> list[str]:
+        self.absorb()
         return [sid for sid in self.ids if self._pending(sid)]
 
     def done(self) -> bool:
-        return not any(self._pending(sid) for sid in self.ids)
+        self.absorb()
+        return self.feed.closed and not any(self._pending(sid) for sid in self.ids)
 
     def progress(self, transport: str) -> Progress:
+        self.absorb()
         counts = Counter(s.lifecycle.value for s in self.states.values())
         unknown = len(self.ids) - len(self.states) - len(self.not_found)
         if unknown:
             counts["queued"] += unknown  # not heard of yet: as good as waiting
         if self.not_found:
             counts["not_found"] = len(self.not_found)
+        total = len(self.ids) if self.feed.closed else max(self.feed.expected, len(self.ids))
+        if total > len(self.ids):
+            counts["uploading"] = total - len(self.ids)
         done = sum(1 for s in self.states.values() if s.lifecycle in TERMINAL) + len(self.not_found)
-        return Progress(total=len(self.ids), done=done, counts=dict(counts), transport=transport)
+        return Progress(total=total, done=done, counts=dict(counts), transport=transport)
 
 
 def _newer(candidate: SessionStatus, current: SessionStatus) -> bool:
@@ -157,19 +212,26 @@ def _newer(candidate: SessionStatus, current: SessionStatus) -> bool:
 
 
 async def wait_for_pipeline_completion(
-    session_ids: Sequence[str], deps: TrackerDeps
+    session_ids: Sequence[str] | IdFeed, deps: TrackerDeps
 ) -> PipelineWaitResult:
     """Watch until every session is terminal (or not found), the timeout passes, or
-    deps.stop is set. Raises AuthError at once if the server refuses the token."""
-    board = _Board(session_ids)
+    deps.stop is set. Raises AuthError at once if the server refuses the token.
+
+    session_ids may be an IdFeed that grows while this runs (the sessions being uploaded);
+    the wait is then complete only once the feed is closed and all it gave is final."""
+    if isinstance(session_ids, IdFeed):
+        feed = session_ids
+    else:
+        feed = IdFeed(session_ids)
+        feed.close()
+    board = _Board(feed)
     result = PipelineWaitResult(
         states=board.states, not_found=[], complete=False, timed_out=False, interrupted=False
     )
-    if not board.ids:
+    if board.done():
         result.complete = True
         return result
-    deadline = deps.clock() + deps.timeout
-    main = asyncio.ensure_future(_track(board, deps, deadline, result))
+    main = asyncio.ensure_future(_track(board, deps, result))
     stopper = asyncio.ensure_future(deps.stop.wait()) if deps.stop else None
     try:
         waiting: set[asyncio.Future[Any]] = {main}
@@ -194,17 +256,54 @@ async def wait_for_pipeline_completion(
     return result
 
 
-async def _track(
-    board: _Board, deps: TrackerDeps, deadline: float, result: PipelineWaitResult
-) -> None:
+async def _until_ids(board: _Board) -> None:
+    """Wait until there is something to track, or the feed is closed."""
+    while not board.absorb() and not board.ids and not board.feed.closed:
+        board.feed.changed.clear()
+        await board.feed.changed.wait()
+
+
+async def _until_pending_or_closed(board: _Board) -> None:
+    while not board.pending() and not board.feed.closed:
+        board.feed.changed.clear()
+        await board.feed.changed.wait()
+        board.absorb()
+
+
+async def _pause(deps: TrackerDeps, seconds: float, board: _Board) -> None:
+    """Sleep, but wake early when the feed closes (everything may be final already)."""
+    if board.feed.closed:
+        await deps.sleep(seconds)
+        return
+    sleeper = asyncio.ensure_future(deps.sleep(seconds))
+    closing = asyncio.ensure_future(_until_closed(board.feed))
+    try:
+        await asyncio.wait({sleeper, closing}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, closing):
+            task.cancel()
+
+
+async def _until_closed(feed: IdFeed) -> None:
+    while not feed.closed:
+        feed.changed.clear()
+        await feed.changed.wait()
+
+
+async def _track(board: _Board, deps: TrackerDeps, result: PipelineWaitResult) -> None:
     use_ws = deps.transport in ("auto", "websocket") and deps.watch is not None
     ws_failures = 0
     next_ws_attempt = deps.clock()
     polling = False
-    while not board.done() and deps.clock() < deadline:
+    await _until_ids(board)
+    while not board.done() and deps.clock() < board.deadline(deps):
         if use_ws and deps.clock() >= next_ws_attempt:
+            if not board.pending():
+                # All final so far and more to come: a watch needs something to watch.
+                await _until_pending_or_closed(board)
+                continue
             try:
-                await _watch_once(board, deps, deadline, result)
+                await _watch_once(board, deps, result)
                 polling = False
                 ws_failures = 0
                 continue  # the stream ended cleanly (done, or deadline): the loop decides
@@ -219,41 +318,48 @@ async def _track(
                     ws_failures, base=deps.ws_retry_initial, cap=deps.ws_retry_max, jitter=False
                 )
                 if deps.transport == "websocket":
-                    await deps.sleep(max(0.0, min(next_ws_attempt, deadline) - deps.clock()))
+                    wake = min(next_ws_attempt, board.deadline(deps))
+                    await deps.sleep(max(0.0, wake - deps.clock()))
                     continue
                 if not polling:
                     deps.on_fallback(str(exc) or type(exc).__name__)
                     result.fell_back = True
         polling = True
         # Poll until done, the deadline, or the time to try the WebSocket again.
-        while not board.done() and deps.clock() < deadline:
-            try:
-                response = await deps.client.batch_status(board.pending())
-            except (ServerUnreachable, ApiError) as exc:
-                # The server (or its database) is away for a moment: what is known stays
-                # known, and the next poll asks again. Only the deadline gives up.
-                if isinstance(exc, ApiError) and not exc.transient:
-                    raise
-            else:
-                board.merge(response.statuses, response.not_found)
-                result.transports.add("poll")
-                deps.on_progress(board.progress("poll"))
+        while not board.done() and deps.clock() < board.deadline(deps):
+            if board.pending():  # else all final so far, and more to come from the uploads
+                await _poll_once(board, deps, result)
             if board.done():
                 break
             now = deps.clock()
-            wake = min(now + deps.poll_interval, deadline)
-            await deps.sleep(max(0.0, wake - now))
+            wake = min(now + deps.poll_interval, board.deadline(deps))
+            await _pause(deps, max(0.0, wake - now), board)
             if use_ws and deps.clock() >= next_ws_attempt:
                 break
 
 
-async def _watch_once(
-    board: _Board, deps: TrackerDeps, deadline: float, result: PipelineWaitResult
-) -> None:
-    """One WebSocket connection: trust its snapshot, merge its deltas, until done; meanwhile
-    reconcile with a batch-status round every deps.reconcile_interval seconds."""
+async def _poll_once(board: _Board, deps: TrackerDeps, result: PipelineWaitResult) -> None:
+    try:
+        response = await deps.client.batch_status(board.pending())
+    except (ServerUnreachable, ApiError) as exc:
+        # The server (or its database) is away for a moment: what is known stays known, and
+        # the next poll asks again. Only the deadline gives up.
+        if isinstance(exc, ApiError) and not exc.transient:
+            raise
+        return
+    board.merge(response.statuses, response.not_found)
+    result.transports.add("poll")
+    deps.on_progress(board.progress("poll"))
+
+
+async def _watch_once(board: _Board, deps: TrackerDeps, result: PipelineWaitResult) -> None:
+    """One WebSocket connection: trust its snapshot, merge its deltas, until done; sessions the
+    feed adds meanwhile are watched on the same connection (a further watch message each);
+    and a batch-status round every deps.reconcile_interval seconds checks the stream."""
     assert deps.watch is not None
-    stream = deps.watch(board.pending())
+    watched = WatchSet(board.pending())
+    sent = len(board.ids)
+    stream = deps.watch(watched)
     finished = asyncio.Event()  # set by a reconcile round that finds everything final
     reconciler = (
         asyncio.ensure_future(_reconcile(board, deps, finished))
@@ -261,21 +367,33 @@ async def _watch_once(
         else None
     )
     waiter = asyncio.ensure_future(finished.wait())
+    fed: asyncio.Future[Any] | None = None
     next_update: asyncio.Future[WatchUpdate] | None = None
     try:
         while not board.done():
+            if fed is None or fed.done():
+                board.feed.changed.clear()
+                fed = asyncio.ensure_future(board.feed.changed.wait())
+            board.absorb()
+            if len(board.ids) > sent:
+                watched.add(board.ids[sent:])
+                sent = len(board.ids)
+            deadline = board.deadline(deps)
             remaining = deadline - deps.clock()
             if remaining <= 0:
                 return
             if next_update is None:
                 next_update = asyncio.ensure_future(anext(stream))
-            racing: set[asyncio.Future[Any]] = {next_update, waiter}
+            racing: set[asyncio.Future[Any]] = {next_update, waiter, fed}
             done, _ = await asyncio.wait(
                 racing,
                 timeout=remaining if math.isfinite(remaining) else None,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if next_update not in done:
+                if fed in done:  # more sessions to watch, or the uploads ended
+                    deps.on_progress(board.progress("websocket"))
+                    continue
                 if waiter in done:
                     if board.done():
                         return  # batch-status found everything final
@@ -297,7 +415,7 @@ async def _watch_once(
             result.transports.add("websocket")
             deps.on_progress(board.progress("websocket"))
     finally:
-        for task in (reconciler, waiter, next_update):
+        for task in (reconciler, waiter, next_update, fed):
             if task is not None and not task.done():
                 task.cancel()
         closer = getattr(stream, "aclose", None)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -41,6 +41,8 @@ BACKOFF_BASE = 0.5
 BACKOFF_MAX = 15.0
 # The client pings too (as the server does): a dead server or path shows within this, twice.
 KEEPALIVE_SECONDS = 20.0
+# Ids added to a running watch wait this long to be sent together.
+ADD_COALESCE_SECONDS = 0.25
 # Whatever a server sends is at most 500 ids per message; this leaves ample room.
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -68,6 +70,37 @@ class WatchUpdate:
     statuses: dict[str, SessionStatus]
     not_found: list[str]
     snapshot: bool
+
+
+class WatchSet(Sequence[str]):
+    """The ids a watch follows. add() more while it runs: each addition is sent as a further
+    watch message on the open connection (the protocol answers each with a snapshot of its
+    ids), and a reconnect watches them all."""
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids = list(dict.fromkeys(ids))
+        self._known = set(self._ids)
+        self.added = asyncio.Event()
+
+    def add(self, ids: Iterable[str]) -> None:
+        for sid in ids:
+            if sid not in self._known:
+                self._known.add(sid)
+                self._ids.append(sid)
+                self.added.set()
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._known
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._ids[index]
 
 
 def websocket_url(base_url: str) -> str:
@@ -108,8 +141,10 @@ async def watch(
     With reconnect=True a lost connection is re-opened with backoff and resubscribed, and the
     fresh snapshot is trusted. With reconnect=False, not being able to connect or losing the
     connection raises WatchUnavailable. Either way a refused token raises WatchAuthError at
-    once, and a request the server rejects raises WatchRejected (a WatchUnavailable)."""
-    ids = list(dict.fromkeys(session_ids))
+    once, and a request the server rejects raises WatchRejected (a WatchUnavailable).
+
+    Given a WatchSet, ids added to it while this runs are watched too."""
+    ids = session_ids if isinstance(session_ids, WatchSet) else WatchSet(session_ids)
     if not ids:
         raise ValueError("watch needs at least one session id")
     url = websocket_url(base_url)
@@ -129,7 +164,7 @@ async def watch(
 
 
 async def _connection(
-    url: str, token: str, ids: list[str], connect_timeout: float
+    url: str, token: str, ids: WatchSet, connect_timeout: float
 ) -> AsyncGenerator[WatchUpdate]:
     """One connection: subscribe, yield its snapshot, then its deltas; raise _Dropped when it
     ends in a way worth retrying."""
@@ -159,17 +194,23 @@ async def _connection(
         raise _Dropped(f"the live stream at {url} failed: {exc or type(exc).__name__}") from exc
 
 
-async def _session(
-    websocket: ClientConnection, ids: list[str], snapshot_timeout: float
-) -> AsyncGenerator[WatchUpdate]:
+async def _send_watch(websocket: ClientConnection, ids: Sequence[str]) -> None:
     for start in range(0, len(ids), MAX_BATCH_IDS):
-        request = WatchMessage(type="watch", session_ids=ids[start : start + MAX_BATCH_IDS])
+        request = WatchMessage(type="watch", session_ids=list(ids[start : start + MAX_BATCH_IDS]))
         await websocket.send(request.model_dump_json())
+
+
+async def _session(
+    websocket: ClientConnection, ids: WatchSet, snapshot_timeout: float
+) -> AsyncGenerator[WatchUpdate]:
+    ids.added.clear()
+    first = list(ids)
+    await _send_watch(websocket, first)
 
     # The snapshot comes in parts (one per watch message), maybe with deltas of ids already
     # answered in between: gather until every id is covered.
-    watched = set(ids)
-    waiting = set(ids)
+    watched = set(first)
+    waiting = set(first)
     fresh: dict[str, SessionStatus] = {}
     while waiting:
         try:
@@ -182,20 +223,49 @@ async def _session(
                 fresh[sid] = status
         waiting.difference_update(message.statuses, message.not_found)
     yield WatchUpdate(
-        statuses=dict(fresh), not_found=[sid for sid in ids if sid not in fresh], snapshot=True
+        statuses=dict(fresh), not_found=[sid for sid in first if sid not in fresh], snapshot=True
     )
 
+    # Then deltas, and the answers to the watch messages of ids added meanwhile (their
+    # snapshots, merged like deltas: nothing was known of them).
     known = fresh
-    while True:
-        message = await _receive(websocket)
-        changed = {
-            sid: status
-            for sid, status in message.statuses.items()
-            if sid in watched and newer(known.get(sid), status)
-        }
-        if changed:
-            known.update(changed)
-            yield WatchUpdate(statuses=changed, not_found=[], snapshot=False)
+    receiving = asyncio.ensure_future(_receive(websocket))
+    adding = asyncio.ensure_future(ids.added.wait())
+    try:
+        while True:
+            await asyncio.wait({receiving, adding}, return_when=asyncio.FIRST_COMPLETED)
+            if adding.done():
+                # A moment to gather what else arrives: an upload burst goes in one message
+                # (each is answered with a snapshot query).
+                await asyncio.sleep(ADD_COALESCE_SECONDS)
+                ids.added.clear()
+                more = list(ids[len(watched) :])
+                watched.update(more)
+                await _send_watch(websocket, more)
+                adding = asyncio.ensure_future(ids.added.wait())
+            if not receiving.done():
+                continue
+            message = receiving.result()
+            receiving = asyncio.ensure_future(_receive(websocket))
+            changed = {
+                sid: status
+                for sid, status in message.statuses.items()
+                if sid in watched and newer(known.get(sid), status)
+            }
+            missing = [sid for sid in message.not_found if sid in watched and sid not in known]
+            if changed or missing:
+                known.update(changed)
+                yield WatchUpdate(statuses=changed, not_found=missing, snapshot=False)
+    finally:
+        for task in (receiving, adding):
+            task.cancel()
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a task's outcome as seen: it was given up, whatever it ended with."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _receive(websocket: ClientConnection) -> StatusesMessage:

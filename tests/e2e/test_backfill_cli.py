@@ -183,7 +183,7 @@ def test_sigint_while_processing_exits_130_within_a_second(
         env=cli_env(make_token("alice"), transcripts.parent),
     )
     assert proc.stdout is not None
-    _wait_for_line(proc.stdout, "Processing:", timeout=60)
+    _wait_for_line(proc.stdout, "Backfilling: 20/20 done", timeout=60)
     time.sleep(0.5)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sessionflow.samples import write_sample_transcripts
-from tests.helpers import Processes, run_cli
+from tests.helpers import CuttingProxy, Processes, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +112,69 @@ def test_a_refused_token_is_an_error_with_what_to_do_and_json_still_prints(
     assert "Error:" in done.stderr and "sessionflow token create" in done.stderr
     assert "Traceback" not in done.stderr and "ExceptionGroup" not in done.stderr
     assert "refused the API token" in json.loads(done.stdout)["error"]
+
+
+def test_uploads_the_server_refuses_are_named_the_rest_go_on_and_the_exit_is_1(
+    procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 40, seed=6)
+    sizes = sorted(p.stat().st_size for p in folder.rglob("*.jsonl"))
+    limit = sizes[len(sizes) * 3 // 4]  # about a quarter of the files are over it
+    server = procs.serve(env={"SESSIONFLOW_MAX_TRANSCRIPT_BYTES": str(limit)})
+    token = make_token("a")
+    done = sessionflow(tmp_path, "backfill", str(folder), "--server", server.url, token=token)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Processing complete!" in done.stdout
+    lines = done.stdout.splitlines()
+    heading = next(line for line in lines if line.startswith("Not uploaded: "))
+    count = int(heading.split()[2])
+    assert count >= 2 and heading.endswith(("session:", "sessions:"))
+    listed = lines[lines.index(heading) + 1 :]
+    assert sum(1 for line in listed[:5] if "the limit is" in line) == min(count, 5)
+    assert not any("413" in line or "too_large" in line for line in listed)  # words, not codes
+    if count > 5:
+        assert listed[5].strip().startswith(f"and {count - 5} more")
+    assert lines[-1].startswith("Not every transcript is on the server:")
+    assert f"{count} uploads failed" in lines[-1]
+    # The others were all uploaded and processed; --json says the same.
+    report = json.loads(
+        sessionflow(
+            tmp_path, "backfill", str(folder), "--server", server.url, "--json", token=token
+        ).stdout
+    )
+    assert len(report["upload_failed"]) == count
+    assert report["complete"] is True
+    assert sum(report["counts"].values()) == report["skipped"] + report["uploaded"]
+
+
+def test_a_retried_upload_says_it_is_retrying(
+    procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    server = procs.serve()
+    proxy = CuttingProxy(int(server.url.rsplit(":", 1)[1]))
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 3, seed=7)
+    try:
+        proxy.outage(True)  # the server is away when the upload starts...
+        url = f"http://127.0.0.1:{proxy.port}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sessionflow", "backfill", str(folder), "--server", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(make_token("a"), tmp_path),
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline() + proc.stdout.readline() + proc.stdout.readline()
+        time.sleep(1.0)
+        proxy.outage(False)  # ...and back a moment later
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proxy.close()
+    out = first + out
+    assert proc.returncode == 0, err
+    assert "Backfilling: retrying (attempt 2 of 5): the server is not answering" in out
+    assert "Processing complete!" in out
+    assert "1 transcripts" not in out and "1 sessions" not in out

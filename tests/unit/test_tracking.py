@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 
 from sessionflow.client.http import ApiError, AuthError, ServerUnreachable
-from sessionflow.client.tracking import Progress, TrackerDeps, wait_for_pipeline_completion
-from sessionflow.client.watch import WatchAuthError, WatchUnavailable, WatchUpdate
+from sessionflow.client.tracking import IdFeed, Progress, TrackerDeps, wait_for_pipeline_completion
+from sessionflow.client.watch import WatchAuthError, WatchSet, WatchUnavailable, WatchUpdate
 from sessionflow.protocol import BatchStatusResponse, SessionStatus
 
 
@@ -352,3 +352,82 @@ async def test_a_reconcile_round_never_moves_a_session_back() -> None:
     release.set()
     result = await asyncio.wait_for(task, 10)
     assert result.complete and result.states["a"].version == 6
+
+
+async def test_a_growing_feed_is_polled_as_it_grows_and_complete_only_once_closed() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(clock, {0: {"a": st("summarized", 3), "b": st("parsed", 2)}})
+    feed = IdFeed(["a"], expected=2)
+    seen: list[Progress] = []
+    task = asyncio.ensure_future(
+        wait_for_pipeline_completion(
+            feed, deps_for(server, clock, transport="poll", on_progress=seen.append)
+        )
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()  # "a" is final, but more is coming
+    assert seen and seen[-1].total == 2 and seen[-1].counts.get("uploading") == 1
+    feed.add(["b"])
+    feed.close()
+    result = await asyncio.wait_for(task, 5)
+    assert result.complete and result.counts == {"summarized": 1, "parsed": 1}
+    assert ["b"] in server.calls
+
+
+async def test_a_growing_feed_adds_its_ids_to_the_open_watch() -> None:
+    clock = FakeClock()
+    feed = IdFeed(["a"], expected=2)
+    asked: list[list[str]] = []
+
+    async def stream(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        assert isinstance(ids, WatchSet)
+        yield WatchUpdate(statuses={"a": st("parsed", 2)}, not_found=[], snapshot=True)
+        await ids.added.wait()
+        asked.append(list(ids))
+        yield WatchUpdate(statuses={"b": st("summarized", 5)}, not_found=[], snapshot=False)
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(
+        wait_for_pipeline_completion(feed, deps_for(ScriptedServer(clock, {}), clock, watch=stream))
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    feed.add(["b"])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()  # everything known is final, but the feed is open
+    feed.close()
+    result = await asyncio.wait_for(task, 5)
+    assert asked == [["a", "b"]]
+    assert result.complete and result.transport == "websocket"
+
+
+async def test_a_reconnect_with_nothing_pending_waits_for_the_next_upload() -> None:
+    clock = FakeClock()
+    server = ScriptedServer(clock, {0: {"a": st("parsed", 2), "b": st("parsed", 4)}})
+    feed = IdFeed(["a"], expected=2)
+    opened: list[list[str]] = []
+
+    async def stream(ids: Sequence[str]) -> AsyncIterator[WatchUpdate]:
+        opened.append(list(ids))
+        yield WatchUpdate(
+            statuses={sid: server.state_at(0)[sid] for sid in ids}, not_found=[], snapshot=True
+        )
+        if len(opened) == 1:
+            raise WatchUnavailable("dropped")  # with "a" final and "b" not uploaded yet
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(
+        wait_for_pipeline_completion(
+            feed, deps_for(server, clock, watch=stream, ws_retry_initial=2)
+        )
+    )
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not task.done()
+    feed.add(["b"])
+    feed.close()
+    result = await asyncio.wait_for(task, 5)
+    assert result.complete and result.counts == {"parsed": 2}
+    assert opened[0] == ["a"] and all(ids for ids in opened)
