@@ -17,7 +17,7 @@ from rich.cells import cell_len, set_cell_size
 from rich.console import Console
 
 from sessionflow.cli import options
-from sessionflow.cli.sessions import _run
+from sessionflow.cli.sessions import run_command
 from sessionflow.client.http import ApiError, SessionflowClient
 from sessionflow.limits import default
 from sessionflow.protocol import Lifecycle, SessionListItem, SessionListPage
@@ -158,7 +158,7 @@ def command(
             print_table(page, Console(highlight=False).width, limit)
         return 0
 
-    raise typer.Exit(_run(server, token, data_dir, work))
+    raise typer.Exit(run_command(server, token, data_dir, work))
 
 
 async def fetch(
@@ -180,13 +180,9 @@ async def fetch(
     cursor: str | None = None
     while True:
         size = PAGE if limit == 0 else min(PAGE, limit - len(sessions))
-        # The client's request: its errors (auth, unreachable, API) are the CLI's to word.
-        response = await client._request(
-            "GET",
-            "/api/sessions",
-            params={**params, "limit": size, **({"cursor": cursor} if cursor else {})},
+        page = await client.list_sessions(
+            {**params, "limit": size, **({"cursor": cursor} if cursor else {})}
         )
-        page = SessionListPage.model_validate_json(response.content)
         sessions += page.sessions
         cursor = page.next_cursor
         if cursor is None or (limit and len(sessions) >= limit):

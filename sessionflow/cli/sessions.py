@@ -19,7 +19,9 @@ from sessionflow.protocol import SessionDetail
 Ids = Annotated[list[str], typer.Argument(help="Session ids.", show_default=False, metavar="IDS")]
 
 
-def _run(server: str | None, token: str | None, data_dir: Any, work: Any) -> int:
+def run_command(server: str | None, token: str | None, data_dir: Any, work: Any) -> int:
+    """Run a client command's work against --server, or a local server for the command;
+    the exit code, with every client error worded on stderr."""
     err = Console(stderr=True)
     try:
         with endpoint(
@@ -63,7 +65,7 @@ def status(
                 typer.echo(f"{sid.ljust(width)}  {lifecycle:<12} parse: {parsed}")
         return 0 if not answer.not_found else 1
 
-    raise typer.Exit(_run(server, token, data_dir, work))
+    raise typer.Exit(run_command(server, token, data_dir, work))
 
 
 def show(
@@ -92,7 +94,7 @@ def show(
             _print_detail(detail)
         return 0
 
-    raise typer.Exit(_run(server, token, data_dir, work))
+    raise typer.Exit(run_command(server, token, data_dir, work))
 
 
 def _print_detail(detail: SessionDetail) -> None:

@@ -19,6 +19,7 @@ from sessionflow.protocol import (
     RegisterResponse,
     SessionDetail,
     SessionFile,
+    SessionListPage,
     SessionRegistration,
     SessionStatus,
     UploadResponse,
@@ -183,6 +184,11 @@ class SessionflowClient:
     async def get_session(self, session_id: str) -> SessionDetail:
         response = await self._request("GET", f"/api/sessions/{session_id}")
         return SessionDetail.model_validate_json(response.content)
+
+    async def list_sessions(self, params: dict[str, Any]) -> SessionListPage:
+        """One page of GET /api/sessions (its query parameters as the route names them)."""
+        response = await self._request("GET", "/api/sessions", params=params)
+        return SessionListPage.model_validate_json(response.content)
 
 
 def json_object(body: bytes | bytearray | None) -> dict[str, Any]:
