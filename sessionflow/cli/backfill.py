@@ -187,18 +187,19 @@ async def _run(
     _account_for_files(found, report)
     for path, why in found.unusable_paths:
         ui.warn(f"{path} {why}; going on with the other paths")
-    for path, why in found.skipped[:FAILED_SHOWN]:
-        ui.warn(f"skipped {path}: {why}")
-    if len(found.skipped) > FAILED_SHOWN:
-        more = _count(len(found.skipped) - FAILED_SHOWN, "more file")
-        ui.warn(f"and {more} skipped (listed at the end)")
+    if found.skipped:
+        # Named once, in the summary: a folder of hundreds of them would bury the bars here.
+        ui.say(
+            f"Skipping {_count(len(found.skipped), 'file')} with no conversation to upload "
+            "(listed at the end)."
+        )
     if not found.sessions:
         where = ", ".join(str(p) for p in options.paths)
         ui.say(f"No transcripts to backfill under {where}.")
         report["complete"] = True
         code = EXIT_ERROR if found.withheld else EXIT_OK
         if code and not options.json_output:
-            _print_files(out, report)
+            _print_files(out, report, options.paths)
             _print_verdict(out, report, None)
         return code, report
     if interrupt.event.is_set():
@@ -340,7 +341,7 @@ async def _phases(
             "not waiting for processing (--no-wait). `sessionflow status ID` tells where one is."
         )
         if not options.json_output:
-            _print_files(out, report)
+            _print_files(out, report, options.paths)
             _print_verdict(out, report, None)
         return _exit_code(options, report, None), report
 
@@ -366,7 +367,7 @@ async def _phases(
     report["failed"] = await _failed_errors(client, failed_ids)
     if not options.json_output:
         _print_outcome(out, result, report["failed"])
-        _print_files(out, report)
+        _print_files(out, report, options.paths)
         _print_verdict(out, report, result)
     elif result.timed_out:
         ui.warn(
@@ -424,7 +425,7 @@ def _account_for_files(found: Discovery, report: dict[str, Any]) -> None:
     report["main_transcript_missing"] = [s.session_id for s in found.sessions if s.main is None]
 
 
-def _print_files(out: Console, report: dict[str, Any]) -> None:
+def _print_files(out: Console, report: dict[str, Any], roots: list[Path]) -> None:
     """Where every file found went: no transcript is left out without a line that names it,
     and a run that ends with something missing says so last."""
     files = report["files"]
@@ -436,7 +437,7 @@ def _print_files(out: Console, report: dict[str, Any]) -> None:
     )
     skipped = report["files_skipped"]
     out.print(line + (f", {len(skipped)} skipped:" if skipped else ""), highlight=False)
-    _print_some(out, [f"{item['path']}: {item['reason']}" for item in skipped])
+    _print_some(out, [f"{_shown(Path(item['path']), roots)}: {item['reason']}" for item in skipped])
     failed = report["upload_failed"]
     if failed:
         out.print(f"Not uploaded: {_count(len(failed), 'session')}:", highlight=False)
@@ -450,6 +451,15 @@ def _print_files(out: Console, report: dict[str, Any]) -> None:
             highlight=False,
             markup=False,
         )
+
+
+def _shown(path: Path, roots: list[Path]) -> str:
+    """A found file as a person finds it again: under the folder they named, the rest of its
+    path (a projects folder's paths are long, and wrap into noise on a narrow terminal)."""
+    for root in roots:
+        if root.is_dir() and path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
 def _print_some(out: Console, lines: list[str]) -> None:

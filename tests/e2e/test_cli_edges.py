@@ -178,3 +178,30 @@ def test_a_retried_upload_says_it_is_retrying(
     assert "Backfilling: retrying (attempt 2 of 5): the server is not answering" in out
     assert "Processing complete!" in out
     assert "1 transcripts" not in out and "1 sessions" not in out
+
+
+def test_files_with_no_transcript_are_one_line_up_front_and_named_under_their_folder_at_the_end(
+    procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 3, seed=8)
+    empty = folder / "-home-someone-empty-files"
+    empty.mkdir()
+    for n in range(8):
+        (empty / f"00000000-0000-4000-8000-00000000000{n}.jsonl").touch()
+    server = procs.serve()
+    done = sessionflow(
+        tmp_path, "backfill", str(folder), "--server", server.url, token=make_token("a")
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    summary = lines.index(next(line for line in lines if line.startswith("Files: ")))
+    # Before the summary: one line for all eight, no path.
+    assert [line for line in lines[:summary] if "empty-files" in line] == []
+    assert sum(1 for line in lines[:summary] if line.startswith("Skipping 8 files")) == 1
+    assert "empty-files" not in done.stderr
+    # In it: five of them, by their path under the folder given, then how many more.
+    assert lines[summary].endswith("8 skipped:")
+    named = lines[summary + 1 : summary + 6]
+    assert all(line.strip().startswith("-home-someone-empty-files/") for line in named), named
+    assert lines[summary + 6].strip().startswith("and 3 more")
