@@ -1,9 +1,11 @@
 """Claiming sessions and holding them: the lease that makes a crashed worker's job come back.
 
-A job is a session row. Claiming stamps it with a fresh lease token, an owner and an expiry;
-every later write a worker makes is fenced by that token, so a worker that lost its job (the
-lease expired and someone else claimed it, or the transcript was re-ingested) writes nothing
-and abandons the job quietly."""
+A session's job is its row in the narrow jobs table (sql/004_jobs.sql). Claiming, fairly
+across owners, stamps it with a fresh lease token, an owner and an expiry, and gives the
+session row the same token; every later write a worker makes is fenced by that token on the
+session row, so a worker that lost its job (the lease expired and someone else claimed it, or
+the transcript was re-ingested) writes nothing and abandons the job quietly. Heartbeats touch
+the jobs row alone."""
 
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ class Claims:
     async def claim(self, limit: int) -> list[Job]:
         params = {"limit": limit, "worker": self.worker_id, "lease_seconds": self.lease_seconds}
         async with self.connection() as conn:
-            cur = await conn.execute(Q.claim_sessions, params)
+            cur = await conn.execute(Q.claim_jobs, params)
             rows = await cur.fetchall()
         return [_job(row) for row in rows]
 
