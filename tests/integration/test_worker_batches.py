@@ -3,6 +3,7 @@ every session still goes through every state in its own commit, notified, in ord
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -10,7 +11,9 @@ from collections.abc import Callable
 import httpx
 import psycopg
 
+from sessionflow.db import make_pool
 from sessionflow.queries import Q
+from sessionflow.worker.claims import Claims
 from tests.integration.conftest import OWNER, StartWorker, wait_for
 from tests.integration.test_worker import transcript, upload
 
@@ -74,3 +77,42 @@ async def test_several_sessions_share_a_stage_commit_and_each_state_is_its_own_c
     shared = [sessions for sessions in stage_commits.values() if len(sessions) > 1]
     assert shared, "no stage commit held more than one session"
     assert worker.claims.commits.writes > worker.claims.commits.commits
+
+
+async def test_a_write_refused_in_a_shared_commit_fails_its_own_job_only(db_dsn: str) -> None:
+    for session_id in ("good", "bad"):
+        ingest = {
+            "owner": OWNER,
+            "id": session_id,
+            "key": "k",
+            "size": 1,
+            "sha256": "a" * 64,
+            "files": None,
+            "force": True,
+        }
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute(Q.session_ingest, ingest)
+    pool = make_pool(db_dsn, min_size=1, max_size=2, timeout=5)
+    await pool.open(wait=True)
+    try:
+        claims = Claims(pool, worker_id="w", lease_seconds=30, batch=8)
+        jobs = {job.id: job for job in await claims.claim(2)}
+        await asyncio.gather(
+            claims.advance(jobs["good"], "parsing"), claims.advance(jobs["bad"], "parsing")
+        )
+        shared = (claims.commits.commits, claims.commits.writes)
+        good, bad = await asyncio.gather(
+            claims.start_summarizing(jobs["good"], "ok", '{"title": "fine"}', 2),
+            # jsonb cannot hold NUL: PostgreSQL refuses this value.
+            claims.start_summarizing(jobs["bad"], "ok", '{"title": "\\u0000"}', 2),
+            return_exceptions=True,
+        )
+    finally:
+        await pool.close()
+
+    assert good is True
+    assert isinstance(bad, psycopg.DataError)
+    assert shared == (1, 2)  # the two advances went in one commit
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        states = dict(conn.execute("SELECT id, lifecycle FROM sessions").fetchall())
+    assert states == {"good": "summarizing", "bad": "parsing"}
