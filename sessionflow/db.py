@@ -54,8 +54,9 @@ def migrations() -> list[Migration]:
     return [Migration(p.stem, p) for p in files]
 
 
-def migrate(dsn: str) -> list[str]:
-    """Apply every migration not yet recorded; returns the names applied.
+def migrate(dsn: str, *, until: str | None = None) -> list[str]:
+    """Apply every migration not yet recorded (up to and including `until`, if named: how a
+    test builds a database of an earlier release); returns the names applied.
 
     Safe to run from several processes at once, and through a transaction pooler: each
     migration runs in a transaction of its own that first takes a transaction-level advisory
@@ -69,6 +70,8 @@ def migrate(dsn: str) -> list[str]:
             conn.execute(_CREATE_LEDGER)
         done = {row[0] for row in conn.execute(Q.migrations_applied)}
         for migration in migrations():
+            if until is not None and migration.name > until:
+                break
             if migration.name not in done and _apply(conn, migration):
                 applied_now.append(migration.name)
                 log.info("applied migration %s", migration.name)

@@ -108,6 +108,13 @@ LIMITS: tuple[Limit, ...] = (
     Limit(
         "worker_max_attempts", 3, "count", "tries on transient errors before a session is failed"
     ),
+    Limit(
+        "worker_batch_size",
+        16,
+        "count",
+        "jobs a worker claims at once, and sessions whose stage writes it commits in one "
+        "transaction",
+    ),
 )
 
 DEFAULTS: dict[str, int | float] = {limit.name: limit.default for limit in LIMITS}

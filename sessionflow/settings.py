@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=5.0, gt=0)
     worker_lease_seconds: float = Field(default=30.0, gt=0)
     worker_max_attempts: int = Field(default=default("worker_max_attempts"), ge=1)
+    worker_batch_size: int = Field(default=default("worker_batch_size"), ge=1)
     worker_retry_base_seconds: float = Field(default=1.0, ge=0)
     worker_retry_max_seconds: float = Field(default=60.0, ge=0)
     worker_listen: bool = True  # False: rely on the safety poll alone

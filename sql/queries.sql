@@ -52,21 +52,31 @@ SELECT sha256, size FROM transcript_files WHERE owner = %(owner)s AND sha256 = A
 -- Records a session's stored files and queues it, unless the same files are already there
 -- (and force is off): then no row is returned and nothing changes. sha256 is the session's
 -- digest (protocol.session_digest); files is NULL for a session of one main transcript.
-INSERT INTO sessions AS s (owner, id, transcript_key, transcript_size, transcript_sha256,
-                           files, metadata)
-VALUES (%(owner)s, %(id)s, %(key)s, %(size)s, %(sha256)s, %(files)s::jsonb,
-        (SELECT metadata FROM session_registrations WHERE owner = %(owner)s AND id = %(id)s))
-ON CONFLICT (owner, id) DO UPDATE
-SET lifecycle = 'queued', parse_status = 'pending', error = NULL,
-    transcript_key = EXCLUDED.transcript_key, transcript_size = EXCLUDED.transcript_size,
-    transcript_sha256 = EXCLUDED.transcript_sha256, files = EXCLUDED.files,
-    metadata = coalesce(EXCLUDED.metadata, s.metadata),
-    parse_result = NULL, parser_version = NULL, summary = NULL, queued_at = now(),
-    finished_at = NULL, priority = 0,
-    attempts = 0, run_after = now(), lease_token = NULL, lease_owner = NULL,
-    lease_expires_at = NULL
-WHERE %(force)s OR s.transcript_sha256 <> EXCLUDED.transcript_sha256
-RETURNING lifecycle, version;
+-- Queuing (re)starts its job afresh: attempts counted from zero, and a worker still on an
+-- earlier upload loses its lease (its fenced writes change nothing).
+WITH ingested AS (
+    INSERT INTO sessions AS s (owner, id, transcript_key, transcript_size, transcript_sha256,
+                               files, metadata)
+    VALUES (%(owner)s, %(id)s, %(key)s, %(size)s, %(sha256)s, %(files)s::jsonb,
+            (SELECT metadata FROM session_registrations WHERE owner = %(owner)s AND id = %(id)s))
+    ON CONFLICT (owner, id) DO UPDATE
+    SET lifecycle = 'queued', parse_status = 'pending', error = NULL,
+        transcript_key = EXCLUDED.transcript_key, transcript_size = EXCLUDED.transcript_size,
+        transcript_sha256 = EXCLUDED.transcript_sha256, files = EXCLUDED.files,
+        metadata = coalesce(EXCLUDED.metadata, s.metadata),
+        parse_result = NULL, parser_version = NULL, summary = NULL, queued_at = now(),
+        finished_at = NULL, lease_token = NULL
+    WHERE %(force)s OR s.transcript_sha256 <> EXCLUDED.transcript_sha256
+    RETURNING owner, id, lifecycle, version
+), job AS (
+    INSERT INTO jobs (owner, id) SELECT owner, id FROM ingested
+    ON CONFLICT (owner, id) DO UPDATE
+    SET priority = 0, run_after = now(), attempts = 0, lease_token = NULL, lease_owner = NULL,
+        lease_expires_at = NULL, done = false
+), queued_by AS (
+    INSERT INTO job_owners (owner) SELECT owner FROM ingested ON CONFLICT DO NOTHING
+)
+SELECT lifecycle, version FROM ingested;
 
 -- name: session_state
 SELECT lifecycle, version FROM sessions WHERE owner = %(owner)s AND id = %(id)s;
@@ -81,11 +91,14 @@ FROM sessions
 WHERE owner = %(owner)s AND id = ANY(ARRAY(SELECT json_array_elements_text(%(ids)s::json)));
 
 -- name: session_detail
-SELECT id, lifecycle, parse_status, version, error, attempts, transcript_sha256,
-       transcript_size, metadata,
-       session_files(files, transcript_sha256, transcript_size, metadata) AS files,
-       parser_version, created_at, updated_at, queued_at, finished_at, parse_result, summary
-FROM sessions WHERE owner = %(owner)s AND id = %(id)s;
+-- attempts: of the session's job (sql/004_jobs.sql), counted from its last (re-)ingest.
+SELECT s.id, s.lifecycle, s.parse_status, s.version, s.error, coalesce(j.attempts, 0) AS attempts,
+       s.transcript_sha256, s.transcript_size, s.metadata,
+       session_files(s.files, s.transcript_sha256, s.transcript_size, s.metadata) AS files,
+       s.parser_version, s.created_at, s.updated_at, s.queued_at, s.finished_at, s.parse_result,
+       s.summary
+FROM sessions AS s LEFT JOIN jobs AS j ON j.owner = s.owner AND j.id = s.id
+WHERE s.owner = %(owner)s AND s.id = %(id)s;
 
 -- name: list_sessions
 -- A page of an owner's sessions, newest first, after the cursor's (active_at, id): the keyset
@@ -141,48 +154,85 @@ LIMIT %(limit)s;
 SELECT name FROM schema_migrations ORDER BY name;
 
 -- ===== worker: claims, leases, stage transitions =====
+-- A session's job is its row in jobs (sql/004_jobs.sql): the claim, lease, heartbeat,
+-- attempts and retry time live there. The sessions row changes with what a person sees, and
+-- carries the token of the claim that may write it (lease_token), which fences every stage
+-- write on the row it changes.
+--
+-- Locks are taken in one order, sessions before jobs, or skipped: the claim locks both with
+-- SKIP LOCKED and waits for neither; the writes below change the session first and its job
+-- after; a heartbeat touches jobs alone. So no two of them can wait on each other.
 
--- name: claim_sessions
--- Takes up to %(limit)s runnable sessions that no live lease holds (none, or one whose worker
--- stopped renewing it), new work before background work and oldest first, and starts a queued
--- one downloading. Every claim counts as an attempt, so a transcript that kills its worker each
--- time still ends up failed. Returns the lifecycle each was claimed in (a resumed job carries
--- on from there), its files, and how long it waited since it became runnable (queued or due,
--- or its last lease expired).
-WITH picked AS (
-    SELECT owner, id, lifecycle,
-           greatest(run_after, coalesce(lease_expires_at, run_after)) AS runnable_since
-    FROM sessions
-    WHERE lifecycle IN ('queued', 'downloading', 'parsing', 'summarizing')
-      AND run_after <= now()
-      AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-    ORDER BY priority, run_after
+-- name: claim_jobs
+-- Takes up to %(limit)s runnable jobs that no live lease holds (none, or one whose worker
+-- stopped renewing it), and starts a queued session downloading. Fair across owners: each
+-- owner with runnable work offers its next jobs in its own order (new work before background
+-- work, oldest first), and the claim takes the first of every owner before the second of any,
+-- owners served longest ago first; so queued as A A A A B B C they run as A B C A B A A, and
+-- one owner's backlog never holds another's first session back by more than one claim.
+-- Every claim counts as an attempt, so a transcript that kills its worker each time still
+-- ends up failed. Returns the lifecycle each was claimed in (a resumed job carries on from
+-- there), its files, and how long it waited since it became runnable (queued or due, or its
+-- last lease expired).
+WITH offered AS (
+    SELECT next.*, o.served_at,
+           row_number() OVER (PARTITION BY next.owner ORDER BY next.priority, next.run_after)
+               AS turn
+    FROM job_owners AS o
+    CROSS JOIN LATERAL (
+        SELECT j.owner, j.id, j.priority, j.run_after, s.lifecycle,
+               greatest(j.run_after, coalesce(j.lease_expires_at, j.run_after)) AS runnable_since
+        FROM jobs AS j JOIN sessions AS s ON s.owner = j.owner AND s.id = j.id
+        WHERE j.owner = o.owner AND NOT j.done AND j.run_after <= now()
+          AND (j.lease_expires_at IS NULL OR j.lease_expires_at <= now())
+        ORDER BY j.priority, j.run_after
+        LIMIT %(limit)s
+        FOR NO KEY UPDATE OF j, s SKIP LOCKED
+    ) AS next
+), picked AS (
+    SELECT * FROM offered
+    ORDER BY priority, turn, served_at NULLS FIRST, owner
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs AS j
+    SET lease_token = gen_random_uuid(), lease_owner = %(worker)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        attempts = j.attempts + 1
+    FROM picked
+    WHERE j.owner = picked.owner AND j.id = picked.id
+    RETURNING j.owner, j.id, j.lease_token, j.attempts, picked.lifecycle, picked.runnable_since
+), served AS (
+    -- An owner another claim is marking right now is being served by it: skipped, not waited
+    -- for (two claims marking two owners in opposite orders would deadlock).
+    UPDATE job_owners SET served_at = clock_timestamp()
+    WHERE owner IN (
+        SELECT owner FROM job_owners WHERE owner IN (SELECT owner FROM claimed)
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
 )
 UPDATE sessions AS s
-SET lease_token = gen_random_uuid(), lease_owner = %(worker)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    attempts = s.attempts + 1,
+SET lease_token = c.lease_token,
     lifecycle = CASE WHEN s.lifecycle = 'queued' THEN 'downloading' ELSE s.lifecycle END
-FROM picked
-WHERE s.owner = picked.owner AND s.id = picked.id
-RETURNING s.owner, s.id, picked.lifecycle, s.lease_token, s.attempts, s.transcript_key,
+FROM claimed AS c
+WHERE s.owner = c.owner AND s.id = c.id
+RETURNING s.owner, s.id, c.lifecycle, c.lease_token, c.attempts, s.transcript_key,
           s.transcript_sha256, s.transcript_size,
           session_files(s.files, s.transcript_sha256, s.transcript_size, s.metadata),
-          extract(epoch FROM clock_timestamp() - picked.runnable_since)::float8;
+          extract(epoch FROM clock_timestamp() - c.runnable_since)::float8;
 
 -- name: extend_leases
--- Renews the leases a worker still holds; a lease missing from the result was taken away
--- (re-ingest, or expiry and another worker's claim) and its job must be abandoned.
-UPDATE sessions AS s
+-- Renews the leases a worker still holds (the jobs rows alone); a lease missing from the
+-- result was taken away (re-ingest, or expiry and another worker's claim) and its job must be
+-- abandoned.
+UPDATE jobs AS j
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 FROM unnest(%(owners)s::text[], %(ids)s::text[], %(leases)s::uuid[]) AS h(owner, id, lease)
-WHERE s.owner = h.owner AND s.id = h.id AND s.lease_token = h.lease
-RETURNING s.lease_token;
+WHERE j.owner = h.owner AND j.id = h.id AND j.lease_token = h.lease
+RETURNING j.lease_token;
 
--- Every statement below is fenced by the lease token: no row updated (the row count the
--- server reports, nothing returned) means the job is no longer this worker's to finish.
+-- Every statement below is fenced by the lease token on the sessions row: no row updated (the
+-- row count the server reports, nothing returned) means the job is no longer this worker's to
+-- finish.
 
 -- name: job_advance
 UPDATE sessions SET lifecycle = %(lifecycle)s
@@ -195,16 +245,28 @@ SET lifecycle = 'summarizing', parse_status = %(parse_status)s, parse_result = %
 WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
 -- name: job_finish_parsed
-UPDATE sessions
-SET lifecycle = 'parsed', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
-    parser_version = %(parser_version)s, error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+WITH finished AS (
+    UPDATE sessions
+    SET lifecycle = 'parsed', parse_status = %(parse_status)s,
+        parse_result = %(parse_result)s::jsonb, parser_version = %(parser_version)s,
+        error = NULL, lease_token = NULL
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
+)
+UPDATE jobs AS j
+SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id;
 
 -- name: job_finish_summarized
-UPDATE sessions
-SET lifecycle = 'summarized', summary = %(summary)s::jsonb,
-    error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+WITH finished AS (
+    UPDATE sessions
+    SET lifecycle = 'summarized', summary = %(summary)s::jsonb, error = NULL, lease_token = NULL
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
+)
+UPDATE jobs AS j
+SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id;
 
 -- name: job_parse_result
 SELECT parse_result FROM sessions
@@ -213,36 +275,56 @@ WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 -- name: job_release
 -- Gives a job back for a later attempt: after a transient error (with a backoff and the
 -- reason in error), or undone on a graceful stop (refund = 1: that attempt does not count).
-UPDATE sessions
+WITH released AS (
+    UPDATE sessions SET lease_token = NULL, error = coalesce(%(error)s, error)
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
+)
+UPDATE jobs AS j
 SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
     run_after = now() + make_interval(secs => %(delay_seconds)s),
-    attempts = greatest(attempts - %(refund)s, 0), error = coalesce(%(error)s, error)
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+    attempts = greatest(j.attempts - %(refund)s, 0)
+FROM released AS r WHERE j.owner = r.owner AND j.id = r.id;
 
 -- name: job_fail
 -- A session that was never parsed fails its parse too; one that failed later keeps its result.
-UPDATE sessions
-SET lifecycle = 'failed', error = %(error)s,
-    parse_status = CASE WHEN parse_status = 'pending' THEN 'failed' ELSE parse_status END,
-    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+WITH failed AS (
+    UPDATE sessions
+    SET lifecycle = 'failed', error = %(error)s,
+        parse_status = CASE WHEN parse_status = 'pending' THEN 'failed' ELSE parse_status END,
+        lease_token = NULL
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
+)
+UPDATE jobs AS j
+SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM failed AS f WHERE j.owner = f.owner AND j.id = f.id;
 
 -- name: requeue_outdated
 -- Queues again, as background work (claimed only when no new work waits), a few finished
 -- sessions whose parse result an older parser made. Their results stay readable meanwhile;
 -- watchers see them go through the pipeline again.
-UPDATE sessions AS s
-SET lifecycle = 'queued', parse_status = 'pending', priority = 1, error = NULL,
-    queued_at = now(), finished_at = NULL, attempts = 0, run_after = now(),
-    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-FROM (
-    SELECT owner, id FROM sessions
-    WHERE lifecycle IN ('parsed', 'summarized') AND coalesce(parser_version, 0) < %(version)s
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS old
-WHERE s.owner = old.owner AND s.id = old.id
-RETURNING s.id;
+WITH requeued AS (
+    UPDATE sessions AS s
+    SET lifecycle = 'queued', parse_status = 'pending', error = NULL,
+        queued_at = now(), finished_at = NULL, lease_token = NULL
+    FROM (
+        SELECT owner, id FROM sessions
+        WHERE lifecycle IN ('parsed', 'summarized') AND coalesce(parser_version, 0) < %(version)s
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS old
+    WHERE s.owner = old.owner AND s.id = old.id
+    RETURNING s.owner, s.id
+), job AS (
+    INSERT INTO jobs (owner, id, priority) SELECT owner, id, 1 FROM requeued
+    ON CONFLICT (owner, id) DO UPDATE
+    SET priority = 1, run_after = now(), attempts = 0, lease_token = NULL, lease_owner = NULL,
+        lease_expires_at = NULL, done = false
+), queued_by AS (
+    INSERT INTO job_owners (owner) SELECT DISTINCT owner FROM requeued ON CONFLICT DO NOTHING
+)
+SELECT id FROM requeued;
 
 -- name: jobs_wake
 -- Wakes the workers for jobs given back without a re-ingest (which wakes them by itself).

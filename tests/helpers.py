@@ -285,8 +285,8 @@ class CuttingProxy:
         self.loop.close()
 
 
-# Every lease a worker takes or renews, timed by the database, for tests that prove no two
-# workers ever held one session at once.
+# Every lease a worker takes or renews (on the session's row in jobs), timed by the database,
+# for tests that prove no two workers ever held one session at once.
 LEASE_LOG = """
 CREATE TABLE lease_log (
     id text, lease_owner text, lease_token uuid, lease_expires_at timestamptz,
@@ -300,5 +300,5 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER log_lease AFTER UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION log_lease();
+CREATE TRIGGER log_lease AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION log_lease();
 """

@@ -1,9 +1,11 @@
 """Claiming sessions and holding them: the lease that makes a crashed worker's job come back.
 
-A job is a session row. Claiming stamps it with a fresh lease token, an owner and an expiry;
-every later write a worker makes is fenced by that token, so a worker that lost its job (the
-lease expired and someone else claimed it, or the transcript was re-ingested) writes nothing
-and abandons the job quietly."""
+A session's job is its row in the narrow jobs table (sql/004_jobs.sql). Claiming, fairly
+across owners, stamps it with a fresh lease token, an owner and an expiry, and gives the
+session row the same token; every later write a worker makes is fenced by that token on the
+session row, so a worker that lost its job (the lease expired and someone else claimed it, or
+the transcript was re-ingested) writes nothing and abandons the job quietly. Heartbeats touch
+the jobs row alone."""
 
 from __future__ import annotations
 
@@ -14,14 +16,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
-from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from sessionflow.queries import Q
 from sessionflow.storage import transcript_key
-
-Conn = AsyncConnection[Any]
+from sessionflow.worker.commits import Conn, GroupCommit
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class Claims:
         lease_seconds: float,
         keep: int = 0,
         keep_seconds: float = 30.0,
+        batch: int = 1,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -100,6 +101,8 @@ class Claims:
         self.keep = keep
         self.keep_seconds = keep_seconds
         self._kept: list[tuple[Conn, float]] = []  # and when it left the pool
+        # Stage writes of running jobs, committed together (up to batch in one transaction).
+        self.commits = GroupCommit(self.connection, batch)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
@@ -128,7 +131,7 @@ class Claims:
     async def claim(self, limit: int) -> list[Job]:
         params = {"limit": limit, "worker": self.worker_id, "lease_seconds": self.lease_seconds}
         async with self.connection() as conn:
-            cur = await conn.execute(Q.claim_sessions, params)
+            cur = await conn.execute(Q.claim_jobs, params)
             rows = await cur.fetchall()
         return [_job(row) for row in rows]
 
@@ -153,70 +156,47 @@ class Claims:
             cur = await conn.execute(Q.extend_leases, params)
             return {row[0] for row in await cur.fetchall()}
 
-    async def _fenced(
-        self, query: LiteralString, job: Job, conn: Conn | None, **params: Any
-    ) -> bool:
-        if conn is None:
-            async with self.pool.connection() as pooled:
-                return await self._fenced(query, job, pooled, **params)
-        cur = await conn.execute(query, {**job.fence, **params})
-        return cur.rowcount > 0
+    async def _fenced(self, query: LiteralString, job: Job, **params: Any) -> bool:
+        return await self.commits.write(query, {**job.fence, **params})
 
-    # The stage writes take the connection the job holds for its whole run (one pool check
-    # per job instead of one per write); without one they borrow from the pool.
+    # Stage writes go through the group commit: several jobs' writes in one transaction.
 
-    async def advance(self, job: Job, lifecycle: str, *, conn: Conn | None = None) -> bool:
+    async def advance(self, job: Job, lifecycle: str) -> bool:
         """Move a held session to a non-terminal lifecycle; False if the job was lost."""
-        return await self._fenced(Q.job_advance, job, conn, lifecycle=lifecycle)
+        return await self._fenced(Q.job_advance, job, lifecycle=lifecycle)
 
     # Results arrive as JSON text, encoded off the event loop: they can be large.
 
     async def start_summarizing(
-        self,
-        job: Job,
-        parse_status: str,
-        parse_result: str,
-        parser_version: int,
-        *,
-        conn: Conn | None = None,
+        self, job: Job, parse_status: str, parse_result: str, parser_version: int
     ) -> bool:
         return await self._fenced(
             Q.job_start_summarizing,
             job,
-            conn,
             parse_status=parse_status,
             parse_result=parse_result,
             parser_version=parser_version,
         )
 
     async def finish_parsed(
-        self,
-        job: Job,
-        parse_status: str,
-        parse_result: str,
-        parser_version: int,
-        *,
-        conn: Conn | None = None,
+        self, job: Job, parse_status: str, parse_result: str, parser_version: int
     ) -> bool:
         return await self._fenced(
             Q.job_finish_parsed,
             job,
-            conn,
             parse_status=parse_status,
             parse_result=parse_result,
             parser_version=parser_version,
         )
 
-    async def finish_summarized(self, job: Job, summary: str, *, conn: Conn | None = None) -> bool:
-        return await self._fenced(Q.job_finish_summarized, job, conn, summary=summary)
+    async def finish_summarized(self, job: Job, summary: str) -> bool:
+        return await self._fenced(Q.job_finish_summarized, job, summary=summary)
 
-    async def parse_result(self, job: Job, *, conn: Conn | None = None) -> dict[str, Any] | None:
+    async def parse_result(self, job: Job) -> dict[str, Any] | None:
         """The parse result a previous attempt stored (a job resumed in summarizing)."""
-        if conn is None:
-            async with self.pool.connection() as pooled:
-                return await self.parse_result(job, conn=pooled)
-        cur = await conn.execute(Q.job_parse_result, job.fence)
-        row = await cur.fetchone()
+        async with self.connection() as conn:
+            cur = await conn.execute(Q.job_parse_result, job.fence)
+            row = await cur.fetchone()
         return row[0] if row else None
 
     async def release(
@@ -226,14 +206,13 @@ class Claims:
         return await self._fenced(
             Q.job_release,
             job,
-            None,
             delay_seconds=delay_seconds,
             error=error,
             refund=int(refund),
         )
 
     async def fail(self, job: Job, error: str) -> bool:
-        return await self._fenced(Q.job_fail, job, None, error=error)
+        return await self._fenced(Q.job_fail, job, error=error)
 
     async def wake_workers(self) -> None:
         async with self.pool.connection() as conn:

@@ -98,6 +98,7 @@ class Worker:
             worker_id=self.worker_id,
             lease_seconds=settings.worker_lease_seconds,
             keep=self.concurrency + 1,  # one per running job, and the claim loop's
+            batch=settings.worker_batch_size,
         )
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="sessionflow-worker"
@@ -256,7 +257,7 @@ class Worker:
             if self._stopping:
                 return
             self._wake.clear()
-            free = self.concurrency - len(self._running)
+            free = min(self.concurrency - len(self._running), self.settings.worker_batch_size)
             try:
                 jobs = await self.claims.claim(free)
             except _DB_ERRORS as exc:

@@ -31,7 +31,7 @@ from sessionflow.metrics import Metrics
 from sessionflow.protocol import nul_path
 from sessionflow.storage import LocalStore, ObjectNotFound, ObjectStore, StorageError, discard
 from sessionflow.transcript import read_lines
-from sessionflow.worker.claims import Claims, Conn, Job, JobFile
+from sessionflow.worker.claims import Claims, Job, JobFile
 from sessionflow.worker.parse import ParseResult, SessionParser, TranscriptError
 from sessionflow.worker.parsers import ParserCrashed, ParserPool
 from sessionflow.worker.summarize import HeuristicSummarizer, Summarizer, should_summarize
@@ -183,9 +183,8 @@ class Pipeline:
         """Take the job to a terminal state and return it. Raises PermanentError,
         TransientError or JobLost."""
         try:
-            # One connection for the job's writes, usually kept from an earlier job.
-            async with self.claims.connection() as conn:
-                return await self._run(job, cancel, conn)
+            # The job holds no connection: its writes go through the group commit.
+            return await self._run(job, cancel)
         except ObjectNotFound as exc:
             raise PermanentError(
                 f"the transcript is missing from the object store ({exc}); "
@@ -206,11 +205,11 @@ class Pipeline:
                 f"{exc.strerror or exc}"
             ) from exc
 
-    async def _run(self, job: Job, cancel: threading.Event, conn: Conn) -> str:
+    async def _run(self, job: Job, cancel: threading.Event) -> str:
         if job.lifecycle == "summarizing":
-            stored = await self._stored_result(job, conn)
+            stored = await self._stored_result(job)
             if stored is not None:
-                return await self._summarize(job, stored, conn)
+                return await self._summarize(job, stored)
 
         scratch: list[Path] = []
         try:
@@ -218,7 +217,7 @@ class Pipeline:
             files = await self._local_files(job, scratch, cancel)
             self._observe("download", started)
             if job.lifecycle in ("queued", "downloading"):
-                await _fenced(self.claims.advance(job, "parsing", conn=conn))
+                await _fenced(self.claims.advance(job, "parsing"))
             in_thread = self.parsers.kind == "thread"
             started = time.perf_counter()
             try:
@@ -236,13 +235,13 @@ class Pipeline:
                 await asyncio.shield(self._blocking(_discard_all, scratch))
 
         if job.lifecycle == "summarizing":  # resumed, with no usable stored result
-            return await self._summarize(job, result, conn)
+            return await self._summarize(job, result)
         status, version = result.parse_status, result.parser_version
         if not should_summarize(result, self.min_user_prompts):
-            await _fenced(self.claims.finish_parsed(job, status, encoded, version, conn=conn))
+            await _fenced(self.claims.finish_parsed(job, status, encoded, version))
             return "parsed"
-        await _fenced(self.claims.start_summarizing(job, status, encoded, version, conn=conn))
-        return await self._summarize(job, result, conn)
+        await _fenced(self.claims.start_summarizing(job, status, encoded, version))
+        return await self._summarize(job, result)
 
     async def _local_files(
         self, job: Job, scratch: list[Path], cancel: threading.Event
@@ -268,9 +267,9 @@ class Pipeline:
             downloaded.append((file, path))
         return downloaded
 
-    async def _stored_result(self, job: Job, conn: Conn) -> ParseResult | None:
+    async def _stored_result(self, job: Job) -> ParseResult | None:
         """The parse result an earlier attempt stored before it died in summarizing."""
-        stored = await self.claims.parse_result(job, conn=conn)
+        stored = await self.claims.parse_result(job)
         if stored is None:
             return None
         try:
@@ -279,7 +278,7 @@ class Pipeline:
             log.info("worker: parsing %s again: its stored parse result is outdated", job)
             return None
 
-    async def _summarize(self, job: Job, result: ParseResult, conn: Conn) -> str:
+    async def _summarize(self, job: Job, result: ParseResult) -> str:
         started = time.perf_counter()
         if type(self.summarizer) is HeuristicSummarizer:  # not a subclass: it may be slow
             # Bounded work on the bounded parse result, well under a millisecond: inline.
@@ -287,7 +286,7 @@ class Pipeline:
         else:  # anyone's summarizer, which may call out to a model: off the loop
             encoded = await self._blocking(self._summary_json, result)
         self._observe("summarize", started)
-        await _fenced(self.claims.finish_summarized(job, encoded, conn=conn))
+        await _fenced(self.claims.finish_summarized(job, encoded))
         return "summarized"
 
     def _summary_json(self, result: ParseResult) -> str:

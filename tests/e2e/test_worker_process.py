@@ -122,8 +122,8 @@ class Workers:
     def row(self, session_id: str) -> dict[str, Any]:
         with psycopg.connect(self.db_dsn, autocommit=True) as conn:
             cur = conn.execute(
-                "SELECT lifecycle, attempts, lease_owner, lease_token, error, summary "
-                "FROM sessions WHERE id = %s",
+                "SELECT lifecycle, attempts, lease_owner, s.lease_token, error, summary "
+                "FROM sessions AS s JOIN jobs USING (owner, id) WHERE id = %s",
                 (session_id,),
             )
             values = cur.fetchone()

@@ -142,7 +142,7 @@ def test_network_lost_mid_upload_retries_stores_each_transcript_once_and_whole(
         assert_truthful_end(report, db_dsn, tmp_path / "store", n)
         with psycopg.connect(db_dsn) as conn:
             versions = conn.execute(
-                "SELECT count(*) FROM sessions WHERE owner = 'alice' AND attempts > 1"
+                "SELECT count(*) FROM jobs WHERE owner = 'alice' AND attempts > 1"
             ).fetchone()
         assert versions == (0,)  # no transcript was queued and processed twice
 

@@ -68,8 +68,8 @@ def row(db_dsn: str, session_id: str) -> dict[str, Any]:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         cur = conn.execute(
             "SELECT lifecycle, parse_status, error, attempts, parse_result, summary, "
-            "lease_token, lease_owner, run_after > now() AS delayed "
-            "FROM sessions WHERE owner = %s AND id = %s",
+            "s.lease_token, lease_owner, run_after > now() AS delayed "
+            "FROM sessions AS s JOIN jobs USING (owner, id) WHERE owner = %s AND id = %s",
             (OWNER, session_id),
         )
         values = cur.fetchone()

@@ -102,7 +102,7 @@ def test_visible_changes_bump_version_and_notify(db_dsn: str) -> None:
         listener.execute("LISTEN session_jobs")
         conn.execute(INSERT, ("s", "queued"))
         v1 = conn.execute("SELECT version FROM sessions").fetchone()
-        conn.execute("UPDATE sessions SET attempts = 3")  # invisible: no bump, no notify
+        conn.execute("UPDATE sessions SET metadata = '{}'")  # invisible: no bump, no notify
         v2 = conn.execute("SELECT version FROM sessions").fetchone()
         conn.execute("UPDATE sessions SET lifecycle = 'downloading'")
         conn.execute("UPDATE sessions SET parse_status = 'ok'")

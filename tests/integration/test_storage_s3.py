@@ -199,6 +199,8 @@ async def test_an_unreachable_object_store_fails_the_session_after_its_attempts(
             " VALUES ('alice', 'cut-off', %s, 10, %s)",
             (transcript_key(sha256), sha256),
         )
+        conn.execute("INSERT INTO jobs (owner, id) VALUES ('alice', 'cut-off')")
+        conn.execute("INSERT INTO job_owners (owner) VALUES ('alice') ON CONFLICT DO NOTHING")
     store = open_store(
         settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, data_dir=tmp_path
     )
@@ -210,7 +212,8 @@ async def test_an_unreachable_object_store_fails_the_session_after_its_attempts(
         for _ in range(600):
             with psycopg.connect(db_dsn, autocommit=True) as conn:
                 row = conn.execute(
-                    "SELECT lifecycle, error, attempts FROM sessions WHERE id = 'cut-off'"
+                    "SELECT lifecycle, error, attempts FROM sessions JOIN jobs USING (owner, id) "
+                    "WHERE id = 'cut-off'"
                 ).fetchone()
             assert row is not None
             if row[0] == "failed":
