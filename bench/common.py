@@ -127,6 +127,13 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def loadavg() -> list[str]:
+    """The machine's load (1, 5 and 15 minutes), recorded beside every figure: the machine is
+    shared, and a figure means little without it."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
 def write_report(name: str, report: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
