@@ -30,6 +30,7 @@ from bench.common import (
     write_report,
 )
 from sessionflow.queries import Q
+from sessionflow.tokens import hash_token
 
 OWNER = "bench"
 
@@ -90,8 +91,10 @@ async def http_client(
 
 
 async def floor_client(
-    dsn: str, id_batches: list[list[str]], stop_at: float, latencies: list[float]
+    dsn: str, token: str, id_batches: list[list[str]], stop_at: float, latencies: list[float]
 ) -> None:
+    """The endpoint's one query (token check and lookup), straight through psycopg."""
+    token_hash = hash_token(token)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         i = 0
         while time.perf_counter() < stop_at:
@@ -99,7 +102,7 @@ async def floor_client(
             i += 1
             started = time.perf_counter()
             cur = await conn.execute(
-                Q.batch_status, {"owner": OWNER, "ids": json.dumps(ids)}, prepare=True
+                Q.batch_status, {"token_hash": token_hash, "ids": json.dumps(ids)}, prepare=True
             )
             await cur.fetchall()
             latencies.append(time.perf_counter() - started)
@@ -131,7 +134,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
 
         floor = await run_phase(
             "floor",
-            lambda stop, lat: floor_client(dsn, id_batches, stop, lat),
+            lambda stop, lat: floor_client(dsn, token, id_batches, stop, lat),
             args.clients,
             args.seconds,
         )
