@@ -59,6 +59,7 @@ from sessionflow.db import migrate
 from sessionflow.tokens import create_token
 
 POLL_SECONDS = 3.0
+POLL_TIMEOUT = 30.0  # a poll not answered by then counts as failed (and its connection is new)
 STEPS = ("downloading", "parsing", "summarizing", "summarized")
 FAIL_RATE = 0.05
 COMMITTERS = 4
@@ -142,17 +143,18 @@ async def poll_client(
     try:
         while not stop.is_set():
             try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                payload = await reader.readexactly(length)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                async with asyncio.timeout(POLL_TIMEOUT):
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    payload = await reader.readexactly(length)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 log.errors += 1
                 if writer is not None:
                     writer.close()
@@ -162,10 +164,11 @@ async def poll_client(
                 if head[9:12] == b"200":
                     log.messages += 1
                     for sid, status in json.loads(payload)["statuses"].items():
-                        log.see(sid, status["version"], when, record=log.ready.is_set())
-                    log.ready.set()
+                        log.see(sid, status["version"], when, record=True)
                 else:
                     log.errors += 1
+            # Under way once it has tried: a server past its capacity may answer no poll at all.
+            log.ready.set()
             next_at += POLL_SECONDS
             await asyncio.sleep(max(0.0, next_at - now()))
     finally:

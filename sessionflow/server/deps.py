@@ -27,7 +27,9 @@ class AppState:
     readiness: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are coroutines even where they never await: FastAPI runs a plain function in a
+# worker thread, a hop that cost more than the rest of a batch-status request's Python.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.sessionflow
     return state
 
@@ -35,7 +37,7 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def get_pool(state: State) -> AsyncConnectionPool:
+async def get_pool(state: State) -> AsyncConnectionPool:
     return state.pool
 
 

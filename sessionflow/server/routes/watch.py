@@ -235,17 +235,23 @@ async def _send_loop(
             if subscription.closing is not None:
                 return Ending(*subscription.closing)
             notified_at, subscription.notified_at = subscription.notified_at, None
-            messages = subscription.take_messages()
-            if messages:
-                # One deadline per batch, not per message: a batch is what one wake took.
-                async with asyncio.timeout(window):
-                    for text in messages:
-                        await websocket.send_text(text)
+            await _send_taken(websocket, subscription, window)
             hub.sent(notified_at)
     except TimeoutError:
         return Ending(None, f"it has read nothing for {window:g} s")
     except (WebSocketDisconnect, RuntimeError):
         return None  # the client is gone
+
+
+async def _send_taken(websocket: WebSocket, subscription: Subscription, window: float) -> None:
+    """Send what the subscription holds. A call of its own, so that the messages are let go
+    once sent rather than held by the loop while it waits for the next wake."""
+    messages = subscription.take_messages()
+    if messages:
+        # One deadline per batch, not per message: a batch is what one wake took.
+        async with asyncio.timeout(window):
+            for text in messages:
+                await websocket.send_text(text)
 
 
 async def _receive_loop(
@@ -266,6 +272,9 @@ async def _receive_loop(
             return request
         hub.register(subscription, request)
         await hub.snapshot(subscription, request)
+        # Not held while waiting for the next request: at 10,000 connections, each one's last
+        # request would be ~1 KiB apiece.
+        del message, text, request
 
 
 def parse_request(
