@@ -92,6 +92,9 @@ def server_process(
         stdout=log,
         stderr=log,
         env=process_env,
+        # Not the current folder: `python -m` puts it first on sys.path, where a checkout
+        # there would be imported instead of the code that PYTHONPATH (a baseline) names.
+        cwd=data_dir,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -521,7 +521,13 @@ async def run_phase(
 async def orchestrate(args: argparse.Namespace) -> None:
     sizes = sorted(set(args.clients))
     phases = list(dict.fromkeys(args.phases))
-    results: dict[int, dict[str, dict[str, Any]]] = {}
+    # The code under test, and with --baseline another checkout's (the "before"), each size
+    # against both in turn, so that both meet the same neighbours on this shared machine.
+    codes: dict[str, dict[str, str]] = {"": {}}
+    if args.baseline:
+        codes[" (baseline)"] = {"PYTHONPATH": args.baseline}
+    results: dict[str, dict[str, Any]] = {}  # column ("10,000 watch") -> its figures
+    loads: list[list[str]] = []
     with (
         tempfile.TemporaryDirectory(prefix="sessionflow-fanout-") as tmp_name,
         database_with_statement_stats("sessionflow_bench_fanout") as dsn,
@@ -530,53 +536,54 @@ async def orchestrate(args: argparse.Namespace) -> None:
         print(f"making {sizes[-1]} owners x {args.sessions} sessions...", flush=True)
         fleet = make_fleet(dsn, sizes[-1], args.sessions)
         committer = Committer(dsn)
-        env = {"SESSIONFLOW_SERVE_WORKER": "false"}  # nothing but our SQL moves the sessions
         for size in sizes:
-            # A server of its own per fleet size: what one size leaves in its heap is not
-            # counted against, nor reused by, the next.
-            with server_process(dsn, tmp, env=env) as (url, proc):
-                results[size] = {
-                    mode: await run_phase(
-                        mode, args, url, proc.pid, dsn, fleet[:size], committer, tmp
-                    )
-                    for mode in phases
-                }
+            for suffix, code_env in codes.items():
+                # A server of its own per size and code: what one leaves in its heap is not
+                # counted against, nor reused by, the next.
+                env = {"SESSIONFLOW_SERVE_WORKER": "false", **code_env}  # only our SQL moves
+                loads.append(loadavg())
+                with server_process(dsn, tmp, env=env) as (url, proc):
+                    for mode in phases:
+                        results[f"{size:,} {mode}{suffix}"] = await run_phase(
+                            mode, args, url, proc.pid, dsn, fleet[:size], committer, tmp
+                        )
+        loads.append(loadavg())
 
     report: dict[str, Any] = {
         "sessions_per_client": args.sessions,
         "rate_per_second": args.rate,
         "seconds": args.seconds,
-        "loadavg": loadavg(),
-        "runs": {str(size): phases_of for size, phases_of in results.items()},
+        "baseline": args.baseline,
+        "loadavg": loads,
+        "runs": results,
     }
-    smallest, largest = results[sizes[0]], results[sizes[-1]]
     if len(sizes) > 1 and "watch" in phases:
-        report["watch_p99_ratio_largest_over_smallest"] = (
-            largest["watch"]["latency_ms"]["p99"] / smallest["watch"]["latency_ms"]["p99"]
-        )
+        for suffix in codes:
+            largest = results[f"{sizes[-1]:,} watch{suffix}"]["latency_ms"]["p99"]
+            smallest = results[f"{sizes[0]:,} watch{suffix}"]["latency_ms"]["p99"]
+            report[f"watch_p99_ratio_largest_over_smallest{suffix.strip()}"] = largest / smallest
     if "watch" in phases and "poll" in phases:
-        report["db_queries_ratio_poll_over_watch"] = largest["poll"]["db_queries_per_second"] / max(
-            largest["watch"]["db_queries_per_second"], 1e-9
+        watch, poll = results[f"{sizes[-1]:,} watch"], results[f"{sizes[-1]:,} poll"]
+        report["db_queries_ratio_poll_over_watch"] = poll["db_queries_per_second"] / max(
+            watch["db_queries_per_second"], 1e-9
         )
     path = write_report("fanout", report)
-
-    columns = [(size, mode) for size in sizes for mode in phases]
+    columns = list(results)
 
     def row(name: str, key: str, fmt: str = "{}", sub: str | None = None) -> tuple[str, ...]:
         cells = []
-        for size, mode in columns:
-            value = results[size][mode][key]
+        for column in columns:
+            value = results[column][key]
             cells.append(fmt.format(value if sub is None else value[sub]))
         return (name, *cells)
 
-    def kib(size: int, mode: str) -> str:
-        if mode != "watch":
+    def kib(column: str) -> str:
+        if " watch" not in column:
             return "-"
-        return f"{results[size][mode]['server_bytes_per_connection'] / 1024:.1f}"
+        return f"{results[column]['server_bytes_per_connection'] / 1024:.1f}"
 
-    names = {"watch": "watch (WS)", "poll": f"poll {POLL_SECONDS:g} s"}
     rows = [
-        ("", *(f"{size:,} {names[mode]}" for size, mode in columns)),
+        ("", *columns),
         row("updates committed", "commits"),
         row("commit rate /s", "commit_rate", "{:.0f}"),
         row("latency | staleness p50 ms", "latency_ms", "{:.1f}", "p50"),
@@ -592,24 +599,23 @@ async def orchestrate(args: argparse.Namespace) -> None:
         row("db queries /s", "db_queries_per_second", "{:.1f}"),
         row("server CPU % of a core", "server_cpu_percent", "{:.0f}"),
         row("clients' CPU % of a core", "clients_cpu_percent", "{:.0f}"),
-        ("server KiB per connection", *(kib(size, mode) for size, mode in columns)),
+        ("server KiB per connection", *(kib(column) for column in columns)),
     ]
     print_table(
-        f"Live stream vs polling: {' and '.join(f'{n:,}' for n in sizes)} clients x "
-        f"{args.sessions} sessions, {args.rate:g} updates/s for {args.seconds:g} s each",
+        f"Live stream (watch) and polling every {POLL_SECONDS:g} s: "
+        f"{' and '.join(f'{n:,}' for n in sizes)} clients x {args.sessions} sessions, "
+        f"{args.rate:g} updates/s for {args.seconds:g} s each",
         rows,
     )
-    if "watch_p99_ratio_largest_over_smallest" in report:
-        print(
-            f"\nwatch p99 at {sizes[-1]:,} / at {sizes[0]:,}: "
-            f"{report['watch_p99_ratio_largest_over_smallest']:.2f}x"
-        )
+    for key, value in report.items():
+        if key.startswith("watch_p99_ratio"):
+            print(f"\n{key}: {value:.2f}x")
     if "db_queries_ratio_poll_over_watch" in report:
         print(
             f"database queries: polling makes "
             f"{report['db_queries_ratio_poll_over_watch']:.0f}x those of the live stream"
         )
-    print(f"loadavg at the end: {' '.join(report['loadavg'])}")
+    print(f"loadavg before each server, and at the end: {loads}")
     print(f"report: {path}")
 
 
@@ -636,7 +642,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--baseline",
+        help="a checkout of another version (its folder): its server runs each size too",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
     if args.command == "clients":
         asyncio.run(clients_main(args))
     else:

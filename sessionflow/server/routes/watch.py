@@ -33,10 +33,11 @@ import json
 import logging
 from dataclasses import dataclass
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from sessionflow.logs import set_owner
 from sessionflow.protocol import WS_CLOSE_POLICY, ErrorMessage, WatchMessage, lookup_id_problem
@@ -47,8 +48,6 @@ from sessionflow.settings import Settings
 from sessionflow.tokens import hash_token
 
 log = logging.getLogger(__name__)
-
-router = APIRouter(tags=["live"])
 
 WATCH_PATH = "/api/sessions/watch"
 # Standard close code for "the server hit a problem, come back later".
@@ -70,7 +69,13 @@ class Ending:
     reason: str
 
 
-@router.websocket(WATCH_PATH)
+async def watch_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """The route as a bare ASGI app, which the app calls for this path before any of FastAPI's
+    routing and middleware (see sessionflow.server.app.App): whatever those keep per request
+    would be kept as long as each connection lives, ~10 KiB apiece."""
+    await watch_sessions(WebSocket(scope, receive, send))
+
+
 async def watch_sessions(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.sessionflow
     hub: LiveHub = websocket.app.state.live_hub
