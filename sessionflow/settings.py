@@ -70,11 +70,6 @@ class Settings(BaseSettings):
     # message needs (see ws_message_limit).
     ws_max_message_bytes: int | None = Field(default=None, ge=64)
     listen_ping_interval_seconds: float = Field(default=5.0, gt=0)
-    # `serve`: objects allocated (net) between the garbage collector's young collections
-    # (Python's default is 700; 0 keeps it). Few young collections let short-lived objects
-    # die before they are promoted, so full collections, which walk every connection's
-    # objects (a second at 10,000 watchers), come rarely instead of every few seconds.
-    gc_young_threshold: int = Field(default=50_000, ge=0)
 
     # Worker.
     worker_concurrency: int = Field(default=2, ge=1)

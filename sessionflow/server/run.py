@@ -3,7 +3,6 @@ local token, bind, and serve with uvicorn until told to stop."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -87,16 +86,6 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def tune_gc(settings: Settings) -> None:
-    """The garbage collector, for a server holding many long-lived connections: what start-up
-    made is frozen (never garbage, and never walked again by a collection), and young
-    collections run every settings.gc_young_threshold allocations instead of 700."""
-    if settings.gc_young_threshold > 0:
-        gc.freeze()
-        _, older, oldest = gc.get_threshold()
-        gc.set_threshold(settings.gc_young_threshold, older, oldest)
-
-
 def serve(
     settings: Settings,
     host: str,
@@ -136,7 +125,6 @@ def serve(
         **websocket_options(settings),
     )
     server = uvicorn.Server(config)
-    tune_gc(settings)
     say(f"sessionflow serving on http://{shown_host}:{bound_port}")
     sys.stdout.flush()
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it; with the default handler
