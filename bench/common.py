@@ -92,6 +92,9 @@ def server_process(
         stdout=log,
         stderr=log,
         env=process_env,
+        # Not the current folder: `python -m` puts it first on sys.path, where a checkout
+        # there would be imported instead of the code that PYTHONPATH (a baseline) names.
+        cwd=data_dir,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -125,6 +128,13 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def loadavg() -> list[str]:
+    """The machine's load (1, 5 and 15 minutes), recorded beside every figure: the machine is
+    shared, and a figure means little without it."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
 
 
 def write_report(name: str, report: dict[str, Any]) -> Path:

@@ -12,7 +12,13 @@ Latency is measured from just before the UPDATE is sent (an upper bound on commi
 to the moment the client library yields a state at least that new, on the same machine's
 monotonic clock across processes.
 
-    uv run python -m bench.fanout [--clients 1000] [--sessions 20] [--rate 500] [--seconds 30]
+    uv run python -m bench.fanout [--clients 1000[,10000]] [--phases watch,poll]
+                                  [--sessions 20] [--rate 500] [--seconds 30]
+
+With several sizes (--clients 1000,10000) each runs against a server process of its own, in
+one run, and the watch p99 of the largest is reported as a ratio to the smallest's. Each
+process's CPU over the committing window is reported too: the clients' process must not be
+what limits the figures.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import gc
 import json
 import os
 import random
@@ -41,6 +48,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bench.common import (
+    loadavg,
     percentile,
     print_table,
     rss_bytes,
@@ -51,6 +59,7 @@ from sessionflow.db import migrate
 from sessionflow.tokens import create_token
 
 POLL_SECONDS = 3.0
+POLL_TIMEOUT = 30.0  # a poll not answered by then counts as failed (and its connection is new)
 STEPS = ("downloading", "parsing", "summarizing", "summarized")
 FAIL_RATE = 0.05
 COMMITTERS = 4
@@ -82,6 +91,7 @@ class ClientLog:
     events: list[tuple[str, int, float]] = field(default_factory=list)  # (id, version, when)
     messages: int = 0
     snapshots: int = 0
+    errors: int = 0  # polls that failed (polling only)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def see(self, sid: str, version: int, when: float, record: bool) -> None:
@@ -116,10 +126,12 @@ async def poll_client(
     url: str, token: str, ids: list[str], log: ClientLog, stop: asyncio.Event
 ) -> None:
     """What the CLI's fallback does, every 3 s, over its own keep-alive connection; a lean
-    HTTP/1.1 client, so that the load generator is not what limits the rate."""
+    HTTP/1.1 client, so that the load generator is not what limits the rate. As the CLI does,
+    a failed poll (a refused or dropped connection, an answer other than 200: what a server
+    past its capacity gives) is counted and tried again at the next tick, on a new connection
+    where the old one broke; it never ends the run."""
     parts = urlsplit(url)
     await asyncio.sleep(random.uniform(0, POLL_SECONDS))
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     body = json.dumps({"session_ids": ids}).encode()
     request = (
         "POST /api/sessions/batch-status HTTP/1.1\r\nHost: bench\r\n"
@@ -127,27 +139,51 @@ async def poll_client(
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     next_at = now()
+    writer: asyncio.StreamWriter | None = None
     try:
         while not stop.is_set():
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            payload = await reader.readexactly(length)
-            when = now()
-            if head[9:12] != b"200":
-                raise RuntimeError(f"batch-status answered {head[9:12].decode()}")
-            log.messages += 1
-            for sid, status in json.loads(payload)["statuses"].items():
-                log.see(sid, status["version"], when, record=log.ready.is_set())
+            try:
+                async with asyncio.timeout(POLL_TIMEOUT):
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    payload = await reader.readexactly(length)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                log.errors += 1
+                if writer is not None:
+                    writer.close()
+                writer = None
+            else:
+                when = now()
+                if head[9:12] == b"200":
+                    log.messages += 1
+                    for sid, status in json.loads(payload)["statuses"].items():
+                        log.see(sid, status["version"], when, record=True)
+                else:
+                    log.errors += 1
+            # Under way once it has tried: a server past its capacity may answer no poll at all.
             log.ready.set()
             next_at += POLL_SECONDS
             await asyncio.sleep(max(0.0, next_at - now()))
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) this process, or process `pid`, has used so far."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def read(path: str | Path) -> str:
@@ -182,9 +218,15 @@ async def clients_main(args: argparse.Namespace) -> None:
     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if ready not in done:
         next(iter(done)).result()  # a client failed before every one was subscribed: say why
+    # Each real client is a process of its own with a small heap; this one holds them all, and
+    # its full garbage collections (over every connection's objects: a second at 10,000) would
+    # be counted as delivery latency. What exists once all are connected is frozen out of them.
+    gc.freeze()
     print("READY", flush=True)
-
-    command = (await read_line()).split()
+    await read_line()  # MARK: the committing starts, and this process's CPU is read from here
+    cpu_from, marked_at = cpu_seconds(), now()
+    command = (await read_line()).split()  # STOP, once the last update is committed
+    cpu = {"seconds": cpu_seconds() - cpu_from, "elapsed": now() - marked_at}
     finals: dict[str, int] = json.loads(await asyncio.to_thread(read, command[1]))
     deadline = now() + CONVERGE_GUARD
     while now() < deadline:
@@ -205,6 +247,8 @@ async def clients_main(args: argparse.Namespace) -> None:
             "views": {sid: v for log in logs for sid, v in log.view.items()},
             "messages": sum(log.messages for log in logs),
             "reconnects": sum(max(0, log.snapshots - 1) for log in logs),
+            "errors": sum(log.errors for log in logs),
+            "cpu": cpu,
         }
     )
     await asyncio.to_thread(Path(args.out).write_text, report)
@@ -235,20 +279,30 @@ def make_fleet(dsn: str, clients: int, sessions: int) -> list[tuple[str, list[st
 
 class Committer:
     """Moves sessions along their pipeline, one committed UPDATE at a time, at a steady rate
-    shared by COMMITTERS connections (each owning a disjoint share of the sessions)."""
+    shared by COMMITTERS connections (each owning a disjoint share of the sessions). It
+    remembers where each session is across runs, so that runs over overlapping fleets never
+    ask the database for a move its trigger refuses."""
 
-    def __init__(self, dsn: str, plan: list[tuple[str, list[str]]], seed: int = 1) -> None:
+    def __init__(self, dsn: str, seed: int = 1) -> None:
         self.dsn = dsn
         self.rng = random.Random(seed)
-        sessions = [(sid.split("-")[0], sid) for _, ids in plan for sid in ids]
-        self.rng.shuffle(sessions)
-        self.shares = [sessions[n::COMMITTERS] for n in range(COMMITTERS)]
         self.step: dict[str, int] = {}
 
-    async def run(self, rate: float, seconds: float) -> list[tuple[str, int, float]]:
+    async def run(
+        self, plan: list[tuple[str, list[str]]], rate: float, seconds: float
+    ) -> list[tuple[str, int, float]]:
+        """Move the sessions of `plan` (and only those) for `seconds`."""
+        sessions = [
+            (sid.split("-")[0], sid)
+            for _, ids in plan
+            for sid in ids
+            if self.step.get(sid, 0) < len(STEPS)
+        ]
+        self.rng.shuffle(sessions)
+        shares = [sessions[n::COMMITTERS] for n in range(COMMITTERS)]
         commits: list[tuple[str, int, float]] = []
         await asyncio.gather(
-            *(self._one(share, rate / COMMITTERS, seconds, commits) for share in self.shares)
+            *(self._one(share, rate / COMMITTERS, seconds, commits) for share in shares)
         )
         return commits
 
@@ -389,11 +443,14 @@ async def run_phase(
     url: str,
     server_pid: int,
     dsn: str,
-    plan_path: Path,
+    plan: list[tuple[str, list[str]]],
     committer: Committer,
     tmp: Path,
 ) -> dict[str, Any]:
-    out = tmp / f"{mode}.json"
+    clients = len(plan)
+    out = tmp / f"{mode}-{clients}.json"
+    plan_path = tmp / f"plan-{clients}.json"
+    plan_path.write_text(json.dumps(plan))
     rss_before = rss_bytes(server_pid)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.fanout", "clients", "--mode", mode, "--url", url,
@@ -402,7 +459,7 @@ async def run_phase(
     )  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdin is not None
-    print(f"[{mode}] {args.clients} clients connecting...", flush=True)
+    print(f"[{mode}] {clients} clients connecting...", flush=True)
     line = await asyncio.wait_for(proc.stdout.readline(), timeout=300)
     if line.strip() != b"READY":
         raise RuntimeError(f"the clients failed to start ({line!r}); exit {await proc.wait()}")
@@ -410,9 +467,13 @@ async def run_phase(
     rss_after = rss_bytes(server_pid)
 
     print(f"[{mode}] committing {args.rate}/s for {args.seconds} s...", flush=True)
+    proc.stdin.write(b"MARK\n")
+    await proc.stdin.drain()
     calls_before, t0 = statement_calls(dsn), now()
-    commits = await committer.run(args.rate, args.seconds)
+    server_cpu_before = cpu_seconds(server_pid)
+    commits = await committer.run(plan, args.rate, args.seconds)
     calls_after, t1 = statement_calls(dsn), now()
+    server_cpu = cpu_seconds(server_pid) - server_cpu_before
     statements = server_statements(calls_before, calls_after)
     elapsed = t1 - t0
     finals = finals_of(dsn)
@@ -426,9 +487,7 @@ async def run_phase(
 
     events = [(sid, version, when) for sid, version, when in result["events"]]
     times, missed, exact = latencies(commits, events)
-    watched = {
-        sid for _, ids in json.loads(await asyncio.to_thread(read, plan_path)) for sid in ids
-    }
+    watched = {sid for _, ids in plan for sid in ids}
     wrong_finals = sum(1 for sid in watched if result["views"].get(sid) != finals[sid])
     return {
         "commits": len(commits),
@@ -444,53 +503,87 @@ async def run_phase(
         "states_seen_exactly": exact,
         "wrong_final_states": wrong_finals,
         "reconnects": result["reconnects"],
+        "failed_polls": result["errors"],
+        # Share of one core each process used while the updates were committed: a clients'
+        # process near 100% would be measuring itself.
+        "server_cpu_percent": server_cpu / elapsed * 100,
+        "clients_cpu_percent": result["cpu"]["seconds"] / result["cpu"]["elapsed"] * 100,
         "db_queries_per_second": sum(statements.values()) / elapsed,
         "db_statements_per_second": {
             text[:120]: calls / elapsed
             for text, calls in sorted(statements.items(), key=lambda item: -item[1])
         },
         "server_rss_bytes": {"before_clients": rss_before, "with_clients": rss_after},
-        "server_bytes_per_connection": (rss_after - rss_before) / args.clients,
+        "server_bytes_per_connection": (rss_after - rss_before) / clients,
     }
 
 
 async def orchestrate(args: argparse.Namespace) -> None:
+    sizes = sorted(set(args.clients))
+    phases = list(dict.fromkeys(args.phases))
+    # The code under test, and with --baseline another checkout's (the "before"), each size
+    # against both in turn, so that both meet the same neighbours on this shared machine.
+    codes: dict[str, dict[str, str]] = {"": {}}
+    if args.baseline:
+        codes[" (baseline)"] = {"PYTHONPATH": args.baseline}
+    results: dict[str, dict[str, Any]] = {}  # column ("10,000 watch") -> its figures
+    loads: list[list[str]] = []
     with (
         tempfile.TemporaryDirectory(prefix="sessionflow-fanout-") as tmp_name,
         database_with_statement_stats("sessionflow_bench_fanout") as dsn,
     ):
         tmp = Path(tmp_name)
-        print(f"making {args.clients} owners x {args.sessions} sessions...", flush=True)
-        plan = make_fleet(dsn, args.clients, args.sessions)
-        plan_path = tmp / "plan.json"
-        plan_path.write_text(json.dumps(plan))
-        committer = Committer(dsn, plan)
-        env = {"SESSIONFLOW_SERVE_WORKER": "false"}  # nothing but our SQL moves the sessions
-        with server_process(dsn, tmp, env=env) as (url, proc):
-            live = await run_phase("watch", args, url, proc.pid, dsn, plan_path, committer, tmp)
-            poll = await run_phase("poll", args, url, proc.pid, dsn, plan_path, committer, tmp)
+        print(f"making {sizes[-1]} owners x {args.sessions} sessions...", flush=True)
+        fleet = make_fleet(dsn, sizes[-1], args.sessions)
+        committer = Committer(dsn)
+        for size in sizes:
+            for suffix, code_env in codes.items():
+                # A server of its own per size and code: what one leaves in its heap is not
+                # counted against, nor reused by, the next.
+                env = {"SESSIONFLOW_SERVE_WORKER": "false", **code_env}  # only our SQL moves
+                loads.append(loadavg())
+                with server_process(dsn, tmp, env=env) as (url, proc):
+                    for mode in phases:
+                        results[f"{size:,} {mode}{suffix}"] = await run_phase(
+                            mode, args, url, proc.pid, dsn, fleet[:size], committer, tmp
+                        )
+        loads.append(loadavg())
 
-    ratio = poll["db_queries_per_second"] / max(live["db_queries_per_second"], 1e-9)
-    report = {
-        "clients": args.clients,
+    report: dict[str, Any] = {
         "sessions_per_client": args.sessions,
         "rate_per_second": args.rate,
         "seconds": args.seconds,
-        "watch": live,
-        "poll": poll,
-        "db_queries_ratio_poll_over_watch": ratio,
+        "baseline": args.baseline,
+        "loadavg": loads,
+        "runs": results,
     }
+    if len(sizes) > 1 and "watch" in phases:
+        for suffix in codes:
+            largest = results[f"{sizes[-1]:,} watch{suffix}"]["latency_ms"]["p99"]
+            smallest = results[f"{sizes[0]:,} watch{suffix}"]["latency_ms"]["p99"]
+            report[f"watch_p99_ratio_largest_over_smallest{suffix.strip()}"] = largest / smallest
+    if "watch" in phases and "poll" in phases:
+        watch, poll = results[f"{sizes[-1]:,} watch"], results[f"{sizes[-1]:,} poll"]
+        report["db_queries_ratio_poll_over_watch"] = poll["db_queries_per_second"] / max(
+            watch["db_queries_per_second"], 1e-9
+        )
     path = write_report("fanout", report)
+    columns = list(results)
 
     def row(name: str, key: str, fmt: str = "{}", sub: str | None = None) -> tuple[str, ...]:
         cells = []
-        for phase in (live, poll):
-            value = phase[key] if sub is None else phase[key][sub]
-            cells.append(fmt.format(value))
+        for column in columns:
+            value = results[column][key]
+            cells.append(fmt.format(value if sub is None else value[sub]))
         return (name, *cells)
 
+    def kib(column: str) -> str:
+        if " watch" not in column:
+            return "-"
+        return f"{results[column]['server_bytes_per_connection'] / 1024:.1f}"
+
     rows = [
-        ("", "watch (WS)", f"poll every {POLL_SECONDS:g} s"),
+        ("", *columns),
         row("updates committed", "commits"),
         row("commit rate /s", "commit_rate", "{:.0f}"),
         row("latency | staleness p50 ms", "latency_ms", "{:.1f}", "p50"),
@@ -502,15 +595,27 @@ async def orchestrate(args: argparse.Namespace) -> None:
         row("states seen exactly", "states_seen_exactly"),
         row("wrong final states", "wrong_final_states"),
         row("client reconnects", "reconnects"),
+        row("failed polls", "failed_polls"),
         row("db queries /s", "db_queries_per_second", "{:.1f}"),
-        ("server KiB per connection", f"{live['server_bytes_per_connection'] / 1024:.1f}", "-"),
+        row("server CPU % of a core", "server_cpu_percent", "{:.0f}"),
+        row("clients' CPU % of a core", "clients_cpu_percent", "{:.0f}"),
+        ("server KiB per connection", *(kib(column) for column in columns)),
     ]
     print_table(
-        f"Live stream vs polling: {args.clients} clients x {args.sessions} sessions, "
-        f"{args.rate} updates/s for {args.seconds} s each",
+        f"Live stream (watch) and polling every {POLL_SECONDS:g} s: "
+        f"{' and '.join(f'{n:,}' for n in sizes)} clients x {args.sessions} sessions, "
+        f"{args.rate:g} updates/s for {args.seconds:g} s each",
         rows,
     )
-    print(f"\ndatabase queries: polling makes {ratio:.0f}x those of the live stream")
+    for key, value in report.items():
+        if key.startswith("watch_p99_ratio"):
+            print(f"\n{key}: {value:.2f}x")
+    if "db_queries_ratio_poll_over_watch" in report:
+        print(
+            f"database queries: polling makes "
+            f"{report['db_queries_ratio_poll_over_watch']:.0f}x those of the live stream"
+        )
+    print(f"loadavg before each server, and at the end: {loads}")
     print(f"report: {path}")
 
 
@@ -522,11 +627,28 @@ def main() -> None:
     clients.add_argument("--url", required=True)
     clients.add_argument("--plan", required=True)
     clients.add_argument("--out", required=True)
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument(
+        "--clients",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1000],
+        help="clients, or several sizes to compare in one run (1000,10000)",
+    )
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=["watch", "poll"],
+        help="watch, poll, or both (watch,poll)",
+    )
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--baseline",
+        help="a checkout of another version (its folder): its server runs each size too",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
     if args.command == "clients":
         asyncio.run(clients_main(args))
     else:

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sessionflow.db import connections, listen_impossible, make_pool, migrate, worker_pool_size
 from sessionflow.metrics import Metrics
@@ -18,10 +19,29 @@ from sessionflow.server.live import LiveHub
 from sessionflow.server.requests import RequestContextMiddleware
 from sessionflow.server.routes import files, health, sessions, watch
 from sessionflow.server.routes import metrics as metrics_route
+from sessionflow.server.routes.watch import WATCH_PATH
 from sessionflow.settings import Settings
 from sessionflow.storage import open_store
 
 log = logging.getLogger(__name__)
+
+
+class App(FastAPI):
+    """The API. The live stream's WebSocket (when served) is dispatched here, ahead of FastAPI's
+    routing and middleware: each of their frames, exit stacks and wrappers would live as long
+    as the connection, which is what 10,000 watchers multiply. It keeps the request id and
+    the access line (RequestContextMiddleware), and needs nothing else of them: it answers
+    its own refusals and errors."""
+
+    live_stream: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        live_stream = self.live_stream
+        if live_stream is not None and scope["type"] == "websocket" and scope["path"] == WATCH_PATH:
+            scope["app"] = self
+            await live_stream(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -104,7 +124,7 @@ def create_app(
             yield
 
     metrics = Metrics()
-    app = FastAPI(
+    app = App(
         title="sessionflow",
         version="0.1.0",
         summary="Ingest coding-agent session transcripts and watch their pipeline finish.",
@@ -119,5 +139,7 @@ def create_app(
     app.include_router(sessions.router)
     app.include_router(files.router)
     if live:
-        app.include_router(watch.router)
+        app.live_stream = RequestContextMiddleware(
+            watch.watch_endpoint, access_log=settings.access_log
+        )
     return app

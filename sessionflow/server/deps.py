@@ -27,7 +27,9 @@ class AppState:
     readiness: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are coroutines even where they never await: FastAPI runs a plain function in a
+# worker thread, a hop that cost more than the rest of a batch-status request's Python.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.sessionflow
     return state
 
@@ -35,7 +37,7 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def get_pool(state: State) -> AsyncConnectionPool:
+async def get_pool(state: State) -> AsyncConnectionPool:
     return state.pool
 
 
@@ -62,7 +64,8 @@ async def owner_of_token(pool: AsyncConnectionPool, token: str | None) -> str | 
     return str(row[0]) if row else None
 
 
-async def current_owner(request: Request, pool: Pool) -> str:
+def request_token(request: Request) -> str:
+    """The request's bearer token; a 401 if it has none."""
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise ApiError(
@@ -71,9 +74,18 @@ async def current_owner(request: Request, pool: Pool) -> str:
             "send an API token as 'Authorization: Bearer <token>'",
             _UNAUTHORIZED,
         )
-    owner = await owner_of_token(pool, token)
+    return token
+
+
+def token_refused() -> ApiError:
+    """The 401 for a token that is unknown or revoked."""
+    return ApiError(401, "unauthorized", "the API token is unknown or revoked", _UNAUTHORIZED)
+
+
+async def current_owner(request: Request, pool: Pool) -> str:
+    owner = await owner_of_token(pool, request_token(request))
     if owner is None:
-        raise ApiError(401, "unauthorized", "the API token is unknown or revoked", _UNAUTHORIZED)
+        raise token_refused()
     set_owner(owner)
     return owner
 

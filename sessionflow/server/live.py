@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -60,6 +61,45 @@ class LiveState(NamedTuple):
     version: int
     lifecycle: str
     parse_status: str
+
+
+def live_state(version: int, lifecycle: str, parse_status: str) -> LiveState:
+    """A state whose words are interned: every connection holding one (the last state it sent
+    per id) shares the few strings of the lifecycle vocabulary instead of a copy per row."""
+    return LiveState(version, sys.intern(lifecycle), sys.intern(parse_status))
+
+
+class Wake:
+    """What asyncio.Event does for one waiter (the connection's sender), without the deque of
+    waiters an Event holds for the life of every connection."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 def encode_statuses(statuses: dict[str, LiveState], not_found: Sequence[str] = ()) -> str:
@@ -110,7 +150,7 @@ class Subscription:
         self.owner = owner
         self.token_id = token_id  # the API token the connection was opened with
         self.watched: set[str] = set()
-        self.wake = asyncio.Event()
+        self.wake = Wake()
         # Ids whose snapshot is not sent yet: their deltas wait, so that the first answer
         # about an id is its snapshot.
         self._pending: set[str] = set()
@@ -185,8 +225,9 @@ class Subscription:
                 self._drained.set_result(None)
             statuses: dict[str, LiveState] = {}
             not_found: list[str] = []
+            pending = self._pending
             for sid in snapshot.ids:
-                self._pending.discard(sid)
+                pending.discard(sid)
                 state = _newest(
                     snapshot.rows.get(sid), self._buffer.pop(sid, None), self._sent.get(sid)
                 )
@@ -196,6 +237,8 @@ class Subscription:
                     self._sent[sid] = state
                     statuses[sid] = state
             messages.append(encode_statuses(statuses, not_found))
+            if not pending:
+                self._pending = set()  # an emptied set keeps its table; a new one is small
 
         ready = [sid for sid in self._buffer if sid not in self._pending]
         deltas: dict[str, LiveState] = {}
@@ -208,6 +251,8 @@ class Subscription:
         items = list(deltas)
         for chunk in chunked(items, MESSAGE_CHUNK):
             messages.append(encode_statuses({sid: deltas[sid] for sid in chunk}))
+        if not self._buffer:
+            self._buffer = {}  # likewise: what a burst of changes grew is not kept
         return messages
 
 
@@ -237,7 +282,9 @@ class LiveHub:
         self.metrics = metrics
         self._pool = pool
         self._reconnect_max = reconnect_max
-        self._index: dict[tuple[str, str], set[Subscription]] = {}
+        # owner -> session id -> who watches it: the one subscription, as it mostly is, or a
+        # set of several (a set for every watched id would cost each ~200 bytes more).
+        self._index: dict[str, dict[str, Subscription | set[Subscription]]] = {}
         self._subscriptions: set[Subscription] = set()
         self._by_token: dict[str, set[Subscription]] = {}
         self._revocation_listeners: list[RevocationListener] = []
@@ -321,22 +368,33 @@ class LiveHub:
             if not same:
                 del self._by_token[token_id]
         owner = subscription.owner
-        for sid in subscription.watched:
-            key = (owner, sid)
-            subs = self._index.get(key)
-            if subs is not None:
-                subs.discard(subscription)
-                if not subs:
-                    del self._index[key]
+        watching = self._index.get(owner)
+        if watching is not None:
+            for sid in subscription.watched:
+                subs = watching.get(sid)
+                if subs is subscription:
+                    del watching[sid]
+                elif isinstance(subs, set):
+                    subs.discard(subscription)
+                    if len(subs) == 1:
+                        watching[sid] = next(iter(subs))
+            if not watching:
+                del self._index[owner]
         subscription.watched.clear()
 
     def register(self, subscription: Subscription, ids: Iterable[str]) -> None:
         """Start routing changes of `ids` to the subscription. Done BEFORE its snapshot is
         read, so that a change committed meanwhile is in the snapshot or delivered after."""
-        owner = subscription.owner
+        watching = self._index.setdefault(subscription.owner, {})
         for sid in ids:
             subscription.expect(sid)
-            self._index.setdefault((owner, sid), set()).add(subscription)
+            subs = watching.get(sid)
+            if subs is None:
+                watching[sid] = subscription
+            elif isinstance(subs, set):
+                subs.add(subscription)
+            elif subs is not subscription:
+                watching[sid] = {subs, subscription}
 
     async def snapshot(self, subscription: Subscription, ids: list[str]) -> None:
         """Read the current state of registered ids and queue it as their snapshot."""
@@ -354,7 +412,7 @@ class LiveHub:
                     Q.live_snapshot, {"owner": owner, "ids": list(chunk)}, prepare=True
                 )
                 for sid, lifecycle, parse_status, version in await cur.fetchall():
-                    rows[sid] = LiveState(version, lifecycle, parse_status)
+                    rows[sid] = live_state(version, lifecycle, parse_status)
         return rows
 
     # --- fan-out ------------------------------------------------------------------------
@@ -362,10 +420,15 @@ class LiveHub:
     def deliver(
         self, owner: str, session_id: str, state: LiveState, notified_at: float | None = None
     ) -> None:
-        subs = self._index.get((owner, session_id))
-        if subs:
+        watching = self._index.get(owner)
+        subs = watching.get(session_id) if watching is not None else None
+        if subs is None:
+            return
+        if isinstance(subs, set):
             for subscription in subs:
                 subscription.offer(session_id, state, notified_at)
+        else:
+            subs.offer(session_id, state, notified_at)
 
     def sent(self, notified_at: float | None) -> None:
         """A connection wrote what it took while `notified_at` was its oldest notification."""
@@ -404,7 +467,7 @@ class LiveHub:
                 self._tell_revocation(token_id)
                 return
             owner, sid = str(data["owner"]), str(data["id"])
-            state = LiveState(
+            state = live_state(
                 int(data["version"]), str(data["lifecycle"]), str(data["parse_status"])
             )
         except (ValueError, KeyError, TypeError):
@@ -446,14 +509,14 @@ class LiveHub:
         """Feed every subscription the current state of every id it watches. The (owner, id)
         pairs come from the index, each once however many connections watch it, and are read
         a chunk at a time, each on a pool connection of its own for no longer than its query."""
-        pairs = list(self._index)
+        pairs = [(owner, sid) for owner, watching in self._index.items() for sid in watching]
         for chunk in chunked(pairs, QUERY_CHUNK):
             params = {"owners": [owner for owner, _ in chunk], "ids": [sid for _, sid in chunk]}
             async with self._pool.connection() as conn:
                 cur = await conn.execute(Q.live_resync, params, prepare=True)
                 rows = await cur.fetchall()
             for owner, sid, lifecycle, parse_status, version in rows:
-                self.deliver(owner, sid, LiveState(version, lifecycle, parse_status))
+                self.deliver(owner, sid, live_state(version, lifecycle, parse_status))
         log.info(
             "live hub: resynced %d watched ids of %d connections",
             len(pairs),

@@ -33,10 +33,11 @@ import json
 import logging
 from dataclasses import dataclass
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from sessionflow.logs import set_owner
 from sessionflow.protocol import WS_CLOSE_POLICY, ErrorMessage, WatchMessage, lookup_id_problem
@@ -47,8 +48,6 @@ from sessionflow.settings import Settings
 from sessionflow.tokens import hash_token
 
 log = logging.getLogger(__name__)
-
-router = APIRouter(tags=["live"])
 
 WATCH_PATH = "/api/sessions/watch"
 # Standard close code for "the server hit a problem, come back later".
@@ -70,7 +69,13 @@ class Ending:
     reason: str
 
 
-@router.websocket(WATCH_PATH)
+async def watch_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """The route as a bare ASGI app, which the app calls for this path before any of FastAPI's
+    routing and middleware (see sessionflow.server.app.App): whatever those keep per request
+    would be kept as long as each connection lives, ~10 KiB apiece."""
+    await watch_sessions(WebSocket(scope, receive, send))
+
+
 async def watch_sessions(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.sessionflow
     hub: LiveHub = websocket.app.state.live_hub
@@ -235,17 +240,23 @@ async def _send_loop(
             if subscription.closing is not None:
                 return Ending(*subscription.closing)
             notified_at, subscription.notified_at = subscription.notified_at, None
-            messages = subscription.take_messages()
-            if messages:
-                # One deadline per batch, not per message: a batch is what one wake took.
-                async with asyncio.timeout(window):
-                    for text in messages:
-                        await websocket.send_text(text)
+            await _send_taken(websocket, subscription, window)
             hub.sent(notified_at)
     except TimeoutError:
         return Ending(None, f"it has read nothing for {window:g} s")
     except (WebSocketDisconnect, RuntimeError):
         return None  # the client is gone
+
+
+async def _send_taken(websocket: WebSocket, subscription: Subscription, window: float) -> None:
+    """Send what the subscription holds. A call of its own, so that the messages are let go
+    once sent rather than held by the loop while it waits for the next wake."""
+    messages = subscription.take_messages()
+    if messages:
+        # One deadline per batch, not per message: a batch is what one wake took.
+        async with asyncio.timeout(window):
+            for text in messages:
+                await websocket.send_text(text)
 
 
 async def _receive_loop(
@@ -266,6 +277,9 @@ async def _receive_loop(
             return request
         hub.register(subscription, request)
         await hub.snapshot(subscription, request)
+        # Not held while waiting for the next request: at 10,000 connections, each one's last
+        # request would be ~1 KiB apiece.
+        del message, text, request
 
 
 def parse_request(
