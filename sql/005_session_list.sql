@@ -77,3 +77,21 @@ CREATE INDEX sessions_list_idx ON sessions (owner, active_at DESC, id DESC);
 -- The same order within one project (--project), matched without regard to case.
 CREATE INDEX sessions_list_project_idx
     ON sessions (owner, lower(session_project(parse_result, metadata)), active_at DESC, id DESC);
+
+-- A session as the listing shows it: both listing queries (sql/queries.sql) read this, so its
+-- columns are written once. A plain view: PostgreSQL inlines it, and the queries' conditions
+-- still reach the indexes above.
+CREATE VIEW session_list_rows AS
+SELECT owner, id, lifecycle, parse_status, active_at,
+       session_project(parse_result, metadata) AS project,
+       coalesce(nullif(summary->>'title', ''), nullif(parse_result->>'summary', ''),
+                left(parse_result->>'first_prompt', 300)) AS title,
+       (parse_result->>'duration_seconds')::float8 AS duration_seconds,
+       CASE WHEN parse_result IS NOT NULL THEN
+           coalesce((parse_result#>>'{tokens,input}')::bigint, 0)
+           + coalesce((parse_result#>>'{tokens,output}')::bigint, 0)
+           + coalesce((parse_result#>>'{tokens,cache_read}')::bigint, 0)
+           + coalesce((parse_result#>>'{tokens,cache_creation}')::bigint, 0)
+       END AS tokens,
+       (parse_result->>'cost_usd')::float8 AS cost_usd
+FROM sessions;

@@ -115,19 +115,9 @@ WHERE s.owner = %(owner)s AND s.id = %(id)s;
 -- someone pages cannot shift what they see next. The first page passes ('infinity', ''), no
 -- --since passes '-infinity' and no --state every state, so the statement has one shape and
 -- its plan always reads the index.
-SELECT id, lifecycle, parse_status, active_at,
-       session_project(parse_result, metadata) AS project,
-       coalesce(nullif(summary->>'title', ''), nullif(parse_result->>'summary', ''),
-                left(parse_result->>'first_prompt', 300)) AS title,
-       (parse_result->>'duration_seconds')::float8 AS duration_seconds,
-       CASE WHEN parse_result IS NOT NULL THEN
-           coalesce((parse_result#>>'{tokens,input}')::bigint, 0)
-           + coalesce((parse_result#>>'{tokens,output}')::bigint, 0)
-           + coalesce((parse_result#>>'{tokens,cache_read}')::bigint, 0)
-           + coalesce((parse_result#>>'{tokens,cache_creation}')::bigint, 0)
-       END AS tokens,
-       (parse_result->>'cost_usd')::float8 AS cost_usd
-FROM sessions
+SELECT id, lifecycle, parse_status, active_at, project, title, duration_seconds, tokens,
+       cost_usd
+FROM session_list_rows
 WHERE owner = %(owner)s
   AND (active_at, id) < (%(after_at)s::timestamptz, %(after_id)s::text)
   AND active_at >= %(since)s::timestamptz
@@ -138,21 +128,11 @@ LIMIT %(limit)s;
 -- name: list_sessions_in_project
 -- list_sessions within one project (sessions_list_project_idx), its name matched without
 -- regard to case.
-SELECT id, lifecycle, parse_status, active_at,
-       session_project(parse_result, metadata) AS project,
-       coalesce(nullif(summary->>'title', ''), nullif(parse_result->>'summary', ''),
-                left(parse_result->>'first_prompt', 300)) AS title,
-       (parse_result->>'duration_seconds')::float8 AS duration_seconds,
-       CASE WHEN parse_result IS NOT NULL THEN
-           coalesce((parse_result#>>'{tokens,input}')::bigint, 0)
-           + coalesce((parse_result#>>'{tokens,output}')::bigint, 0)
-           + coalesce((parse_result#>>'{tokens,cache_read}')::bigint, 0)
-           + coalesce((parse_result#>>'{tokens,cache_creation}')::bigint, 0)
-       END AS tokens,
-       (parse_result->>'cost_usd')::float8 AS cost_usd
-FROM sessions
+SELECT id, lifecycle, parse_status, active_at, project, title, duration_seconds, tokens,
+       cost_usd
+FROM session_list_rows
 WHERE owner = %(owner)s
-  AND lower(session_project(parse_result, metadata)) = lower(%(project)s::text)
+  AND lower(project) = lower(%(project)s::text)
   AND (active_at, id) < (%(after_at)s::timestamptz, %(after_id)s::text)
   AND active_at >= %(since)s::timestamptz
   AND lifecycle = ANY(%(states)s::text[])

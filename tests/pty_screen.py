@@ -114,9 +114,19 @@ class PtyRun:
 
 
 def run_in_pty(
-    args: list[str], env: dict[str, str], columns: int, rows: int = 40, timeout: float = 180
+    args: list[str],
+    env: dict[str, str],
+    columns: int,
+    rows: int = 40,
+    timeout: float = 180,
+    *,
+    size_in_env: bool = True,
 ) -> PtyRun:
-    """`sessionflow ARGS` on a terminal of columns by rows, to the end."""
+    """`sessionflow ARGS` on a terminal of columns by rows, to the end. Without size_in_env the
+    CLI has only the terminal to ask its size (no COLUMNS/LINES), as in a person's shell."""
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+    if size_in_env:
+        env |= {"COLUMNS": str(columns), "LINES": str(rows)}
     parent, child = os.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     proc = subprocess.Popen(
@@ -124,7 +134,7 @@ def run_in_pty(
         stdin=child,
         stdout=child,
         stderr=child,
-        env={**env, "TERM": "xterm", "COLUMNS": str(columns), "LINES": str(rows)},
+        env={**env, "TERM": "xterm"},
         close_fds=True,
     )
     os.close(child)

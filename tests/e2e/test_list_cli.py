@@ -3,17 +3,10 @@ real `sessionflow serve` on a real PostgreSQL; the table in a pseudo-terminal of
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
-import select
-import struct
 import subprocess
 import sys
-import termios
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -26,6 +19,7 @@ from psycopg.types.json import Jsonb
 from rich.cells import cell_len
 
 from tests.helpers import Processes, cli_env, run_cli
+from tests.pty_screen import run_in_pty
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -111,54 +105,15 @@ def listed(procs: Processes, db_dsn: str, make_token: Callable[[str], str]) -> t
     return server.url, make_token("alice")
 
 
-def run_in_terminal(
-    args: list[str], env: dict[str, str], columns: int, rows: int = 40, timeout: float = 60
-) -> tuple[int, str]:
-    """Run the CLI with a pseudo-terminal of this size as its stdin, stdout and stderr: what a
-    person at that terminal sees (exit code, text)."""
-    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sessionflow", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        close_fds=True,
-    )
-    os.close(slave)
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the child closed its side
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-            raise AssertionError(f"the CLI did not finish in {timeout} s:\n{out.decode()}")
-    finally:
-        os.close(master)
-    return proc.wait(timeout=10), out.decode().replace("\r\n", "\n")
-
-
 @pytest.mark.parametrize("columns", [120, 80, 60])
 def test_list_table_fits_the_terminal_with_whole_labels(
     listed: tuple[str, str], tmp_path: Path, columns: int
 ) -> None:
     url, token = listed
-    code, text = run_in_terminal(
-        ["list", "--server", url], cli_env(token, tmp_path), columns=columns
+    run = run_in_pty(
+        ["list", "--server", url], cli_env(token, tmp_path), columns, timeout=60, size_in_env=False
     )
+    code, text = run.returncode, run.output.replace("\r\n", "\n")
     assert code == 0, text
     lines = text.rstrip("\n").split("\n")
     assert "Traceback" not in text
