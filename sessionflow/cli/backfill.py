@@ -566,8 +566,9 @@ def command(
 ) -> None:
     """Upload transcripts, then watch the server process them to the end.
 
-    Exits 0 when every session reached a final state, 1 on an unreachable server or a refused
-    token (or a failed session, with --exit-status), 124 on --timeout, 130 on Ctrl-C."""
+    Exits 0 when every transcript found is on the server and reached a final state; 1 when one
+    is not (the summary says why), on an unreachable server or a refused token, or on a failed
+    session with --exit-status; 124 on --timeout; 130 on Ctrl-C."""
     opts = BackfillOptions(
         paths=paths or [Path.home() / ".claude" / "projects"],
         server=server,
