@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,17 @@ _INFINITY = "infinity"
 _MINUS_INFINITY = "-infinity"
 
 ALL_STATES = [state.value for state in Lifecycle]
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def iso_time_only(value: object) -> object:
+    """A query's `since` as the API documents it, an ISO 8601 time: pydantic alone would also
+    read a number as seconds since 1970."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError(f"{value!r} is not an ISO 8601 time; give one like 2026-03-01T14:30Z")
+    return value
 
 
 @dataclass(frozen=True)

@@ -324,6 +324,8 @@ async def test_list_filters_by_state_project_and_since(
     [
         ({"state": "done"}, "invalid_request", "queued, downloading"),
         ({"since": "last tuesday"}, "invalid_request", "since"),
+        # A number would read as seconds since 1970: not what the API documents, refused.
+        ({"since": "6193586848400"}, "invalid_request", "ISO 8601"),
         ({"limit": "501"}, "invalid_request", "1 to 500"),
         ({"limit": "0"}, "invalid_request", "limit"),
         ({"cursor": "not a cursor!"}, "invalid_cursor", "start again"),

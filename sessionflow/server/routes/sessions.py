@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from psycopg.types.json import Jsonb
+from pydantic import BeforeValidator
 
 from sessionflow.logs import set_owner
 from sessionflow.protocol import (
@@ -35,7 +36,7 @@ from sessionflow.queries import Q
 from sessionflow.server.bodies import documented_body, read_json
 from sessionflow.server.deps import Owner, State, owner_of_token, request_token, token_refused
 from sessionflow.server.errors import ApiError, bad_request, not_found
-from sessionflow.server.listing import decode_cursor, encode_cursor, listing
+from sessionflow.server.listing import decode_cursor, encode_cursor, iso_time_only, listing
 from sessionflow.server.uploads import TRANSCRIPT_BODY, store_upload
 from sessionflow.settings import Settings
 from sessionflow.storage import transcript_key
@@ -408,6 +409,7 @@ async def list_sessions(
     ] = None,
     since: Annotated[
         datetime | None,
+        BeforeValidator(iso_time_only),
         Query(description="only sessions active at or after this time (ISO 8601; no offset: UTC)"),
     ] = None,
     lifecycle_states: Annotated[
