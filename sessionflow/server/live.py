@@ -10,7 +10,9 @@ queued), in chunks of (owner, id) pairs. Every state carries the row's `version`
 arrives is merged by keeping the higher one, so order and duplicates do not matter.
 
 The hub never waits on a client: delivering a notification writes into the subscription's
-buffer (latest state per id) and sets an event; each connection's own sender task drains it.
+buffer (latest state per id) and calls the subscription's `on_due`, with which its connection
+starts a task to write it (a connection holds no task of its own for writing while it has
+nothing to write).
 What a subscription holds is bounded by the ids it watches, whatever its client sends or fails
 to read: at most one state per id waiting, the last state sent per id, and at most one
 snapshot waiting (the connection reads its client's next request only once that one is taken,
@@ -69,39 +71,6 @@ def live_state(version: int, lifecycle: str, parse_status: str) -> LiveState:
     return LiveState(version, sys.intern(lifecycle), sys.intern(parse_status))
 
 
-class Wake:
-    """What asyncio.Event does for one waiter (the connection's sender), without the deque of
-    waiters an Event holds for the life of every connection."""
-
-    __slots__ = ("_set", "_waiter")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> None:
-        if self._set:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-
 def encode_statuses(statuses: dict[str, LiveState], not_found: Sequence[str] = ()) -> str:
     """A `statuses` message (protocol.StatusesMessage), built by hand: it is the hot path."""
     return json.dumps(
@@ -139,10 +108,11 @@ class Subscription:
         "_sent",
         "_snapshot",
         "closing",
+        "due",
         "notified_at",
+        "on_due",
         "owner",
         "token_id",
-        "wake",
         "watched",
     )
 
@@ -150,7 +120,10 @@ class Subscription:
         self.owner = owner
         self.token_id = token_id  # the API token the connection was opened with
         self.watched: set[str] = set()
-        self.wake = Wake()
+        # Something waits to be taken (a state, a snapshot, the closing): set here, cleared by
+        # the connection's writer as it takes. on_due is told each time it is set.
+        self.due = False
+        self.on_due: Callable[[], None] | None = None
         # Ids whose snapshot is not sent yet: their deltas wait, so that the first answer
         # about an id is its snapshot.
         self._pending: set[str] = set()
@@ -177,7 +150,7 @@ class Subscription:
         """Called by the hub: end this connection with `code` (its sender sees it at once)."""
         if self.closing is None:
             self.closing = (code, reason)
-        self.wake.set()
+        self._signal()
 
     def expect(self, session_id: str) -> None:
         """Watch `session_id`; its deltas wait until its snapshot is taken for sending."""
@@ -194,14 +167,20 @@ class Subscription:
             self._buffer[session_id] = state
             if self.notified_at is None:
                 self.notified_at = notified_at
-            self.wake.set()
+            self._signal()
 
     def add_snapshot(self, ids: list[str], rows: dict[str, LiveState]) -> None:
         """Queue the answer to one watch request; one at most waits (see `drained`)."""
         if self._snapshot is not None:
             raise RuntimeError("a snapshot already waits to be sent: await drained() first")
         self._snapshot = _Snapshot(ids, rows)
-        self.wake.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        self.due = True
+        on_due = self.on_due
+        if on_due is not None:
+            on_due()
 
     async def drained(self) -> None:
         """Return once no snapshot waits to be taken by the sender: at once, unless the client
