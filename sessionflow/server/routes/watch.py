@@ -39,6 +39,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from sessionflow.logs import set_owner
@@ -87,6 +88,8 @@ async def watch_sessions(websocket: WebSocket) -> None:
     try:
         set_owner(subscription.owner)
         await websocket.accept()
+        # The handshake's headers are not read again: not kept for the life of the connection.
+        websocket.scope["headers"] = []
         await _serve(websocket, hub, subscription, state.settings)
     finally:
         hub.unsubscribe(subscription)
@@ -96,7 +99,8 @@ async def _authenticate(
     websocket: WebSocket, pool: AsyncConnectionPool, hub: LiveHub
 ) -> Subscription | None:
     """Check the bearer token and subscribe its connection; None when refused (answered)."""
-    token = bearer_token(websocket.headers.get("authorization"))
+    # Not websocket.headers, which would keep a copy of them for the life of the connection.
+    token = bearer_token(Headers(scope=websocket.scope).get("authorization"))
     epoch = hub.token_epoch
     identity = await _identify_or_deny(websocket, pool, token)
     if identity is None:
