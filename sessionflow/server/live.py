@@ -31,7 +31,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, KeysView, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg
@@ -113,22 +113,22 @@ class Subscription:
         "on_due",
         "owner",
         "token_id",
-        "watched",
     )
 
     def __init__(self, owner: str, token_id: str | None = None) -> None:
         self.owner = owner
         self.token_id = token_id  # the API token the connection was opened with
-        self.watched: set[str] = set()
         # Something waits to be taken (a state, a snapshot, the closing): set here, cleared by
         # the connection's writer as it takes. on_due is told each time it is set.
         self.due = False
         self.on_due: Callable[[], None] | None = None
         # Ids whose snapshot is not sent yet: their deltas wait, so that the first answer
-        # about an id is its snapshot.
-        self._pending: set[str] = set()
+        # about an id is its snapshot. None while there are none.
+        self._pending: set[str] | None = None
         self._buffer: dict[str, LiveState] = {}
-        self._sent: dict[str, LiveState] = {}
+        # Every id watched, with the last state sent of it (None before its first, or while
+        # it is not found): the watch set and what was sent in one table, not two.
+        self._sent: dict[str, LiveState | None] = {}
         self._snapshot: _Snapshot | None = None
         # Made only while the receiver waits for the sender to take the snapshot.
         self._drained: asyncio.Future[None] | None = None
@@ -136,6 +136,15 @@ class Subscription:
         self.notified_at: float | None = None
         # Set when the hub ends the connection: (close code, reason).
         self.closing: tuple[int, str] | None = None
+
+    @property
+    def watched(self) -> KeysView[str]:
+        """The ids this connection watches."""
+        return self._sent.keys()
+
+    def unwatch_all(self) -> None:
+        """Watch nothing more (the hub's index no longer routes its ids here)."""
+        self._sent = {}
 
     @property
     def held(self) -> int:
@@ -154,8 +163,11 @@ class Subscription:
 
     def expect(self, session_id: str) -> None:
         """Watch `session_id`; its deltas wait until its snapshot is taken for sending."""
-        self.watched.add(session_id)
-        self._pending.add(session_id)
+        self._sent.setdefault(session_id, None)
+        if self._pending is None:
+            self._pending = {session_id}
+        else:
+            self._pending.add(session_id)
 
     def offer(self, session_id: str, state: LiveState, notified_at: float | None = None) -> None:
         """Called by the hub: keep `state` if it is newer than anything held or sent."""
@@ -206,7 +218,8 @@ class Subscription:
             not_found: list[str] = []
             pending = self._pending
             for sid in snapshot.ids:
-                pending.discard(sid)
+                if pending is not None:
+                    pending.discard(sid)
                 state = _newest(
                     snapshot.rows.get(sid), self._buffer.pop(sid, None), self._sent.get(sid)
                 )
@@ -217,9 +230,10 @@ class Subscription:
                     statuses[sid] = state
             messages.append(encode_statuses(statuses, not_found))
             if not pending:
-                self._pending = set()  # an emptied set keeps its table; a new one is small
+                self._pending = None  # an emptied set would keep its table
 
-        ready = [sid for sid in self._buffer if sid not in self._pending]
+        pending = self._pending
+        ready = [sid for sid in self._buffer if pending is None or sid not in pending]
         deltas: dict[str, LiveState] = {}
         for sid in ready:
             state = self._buffer.pop(sid)
@@ -359,7 +373,7 @@ class LiveHub:
                         watching[sid] = next(iter(subs))
             if not watching:
                 del self._index[owner]
-        subscription.watched.clear()
+        subscription.unwatch_all()
 
     def register(self, subscription: Subscription, ids: Iterable[str]) -> None:
         """Start routing changes of `ids` to the subscription. Done BEFORE its snapshot is
