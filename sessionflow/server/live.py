@@ -130,7 +130,7 @@ class Subscription:
         # it is not found): the watch set and what was sent in one table, not two.
         self._sent: dict[str, LiveState | None] = {}
         self._snapshot: _Snapshot | None = None
-        # Made only while the receiver waits for the sender to take the snapshot.
+        # Made only while the connection waits for its writer to take the snapshot.
         self._drained: asyncio.Future[None] | None = None
         # When the hub received the oldest NOTIFY whose change waits in the buffer (metrics).
         self.notified_at: float | None = None
@@ -156,7 +156,7 @@ class Subscription:
         return self._snapshot is not None
 
     def close(self, code: int, reason: str) -> None:
-        """Called by the hub: end this connection with `code` (its sender sees it at once)."""
+        """Called by the hub: end this connection with `code` (its writer sees it at once)."""
         if self.closing is None:
             self.closing = (code, reason)
         self._signal()
@@ -195,7 +195,7 @@ class Subscription:
             on_due()
 
     async def drained(self) -> None:
-        """Return once no snapshot waits to be taken by the sender: at once, unless the client
+        """Return once no snapshot waits to be taken by the writer: at once, unless the client
         sends requests faster than it reads their answers. Awaited before each request is
         read, so that such a client is held back by TCP instead of queued in memory."""
         if self._snapshot is None:
