@@ -10,7 +10,9 @@ queued), in chunks of (owner, id) pairs. Every state carries the row's `version`
 arrives is merged by keeping the higher one, so order and duplicates do not matter.
 
 The hub never waits on a client: delivering a notification writes into the subscription's
-buffer (latest state per id) and sets an event; each connection's own sender task drains it.
+buffer (latest state per id) and calls the subscription's `on_due`, with which its connection
+starts a task to write it (a connection holds no task of its own for writing while it has
+nothing to write).
 What a subscription holds is bounded by the ids it watches, whatever its client sends or fails
 to read: at most one state per id waiting, the last state sent per id, and at most one
 snapshot waiting (the connection reads its client's next request only once that one is taken,
@@ -29,7 +31,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, KeysView, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg
@@ -69,39 +71,6 @@ def live_state(version: int, lifecycle: str, parse_status: str) -> LiveState:
     return LiveState(version, sys.intern(lifecycle), sys.intern(parse_status))
 
 
-class Wake:
-    """What asyncio.Event does for one waiter (the connection's sender), without the deque of
-    waiters an Event holds for the life of every connection."""
-
-    __slots__ = ("_set", "_waiter")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> None:
-        if self._set:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-
 def encode_statuses(statuses: dict[str, LiveState], not_found: Sequence[str] = ()) -> str:
     """A `statuses` message (protocol.StatusesMessage), built by hand: it is the hot path."""
     return json.dumps(
@@ -139,30 +108,43 @@ class Subscription:
         "_sent",
         "_snapshot",
         "closing",
+        "due",
         "notified_at",
+        "on_due",
         "owner",
         "token_id",
-        "wake",
-        "watched",
     )
 
     def __init__(self, owner: str, token_id: str | None = None) -> None:
         self.owner = owner
         self.token_id = token_id  # the API token the connection was opened with
-        self.watched: set[str] = set()
-        self.wake = Wake()
+        # Something waits to be taken (a state, a snapshot, the closing): set here, cleared by
+        # the connection's writer as it takes. on_due is told each time it is set.
+        self.due = False
+        self.on_due: Callable[[], None] | None = None
         # Ids whose snapshot is not sent yet: their deltas wait, so that the first answer
-        # about an id is its snapshot.
-        self._pending: set[str] = set()
+        # about an id is its snapshot. None while there are none.
+        self._pending: set[str] | None = None
         self._buffer: dict[str, LiveState] = {}
-        self._sent: dict[str, LiveState] = {}
+        # Every id watched, with the last state sent of it (None before its first, or while
+        # it is not found): the watch set and what was sent in one table, not two.
+        self._sent: dict[str, LiveState | None] = {}
         self._snapshot: _Snapshot | None = None
-        # Made only while the receiver waits for the sender to take the snapshot.
+        # Made only while the connection waits for its writer to take the snapshot.
         self._drained: asyncio.Future[None] | None = None
         # When the hub received the oldest NOTIFY whose change waits in the buffer (metrics).
         self.notified_at: float | None = None
         # Set when the hub ends the connection: (close code, reason).
         self.closing: tuple[int, str] | None = None
+
+    @property
+    def watched(self) -> KeysView[str]:
+        """The ids this connection watches."""
+        return self._sent.keys()
+
+    def unwatch_all(self) -> None:
+        """Watch nothing more (the hub's index no longer routes its ids here)."""
+        self._sent = {}
 
     @property
     def held(self) -> int:
@@ -174,15 +156,18 @@ class Subscription:
         return self._snapshot is not None
 
     def close(self, code: int, reason: str) -> None:
-        """Called by the hub: end this connection with `code` (its sender sees it at once)."""
+        """Called by the hub: end this connection with `code` (its writer sees it at once)."""
         if self.closing is None:
             self.closing = (code, reason)
-        self.wake.set()
+        self._signal()
 
     def expect(self, session_id: str) -> None:
         """Watch `session_id`; its deltas wait until its snapshot is taken for sending."""
-        self.watched.add(session_id)
-        self._pending.add(session_id)
+        self._sent.setdefault(session_id, None)
+        if self._pending is None:
+            self._pending = {session_id}
+        else:
+            self._pending.add(session_id)
 
     def offer(self, session_id: str, state: LiveState, notified_at: float | None = None) -> None:
         """Called by the hub: keep `state` if it is newer than anything held or sent."""
@@ -194,17 +179,23 @@ class Subscription:
             self._buffer[session_id] = state
             if self.notified_at is None:
                 self.notified_at = notified_at
-            self.wake.set()
+            self._signal()
 
     def add_snapshot(self, ids: list[str], rows: dict[str, LiveState]) -> None:
         """Queue the answer to one watch request; one at most waits (see `drained`)."""
         if self._snapshot is not None:
             raise RuntimeError("a snapshot already waits to be sent: await drained() first")
         self._snapshot = _Snapshot(ids, rows)
-        self.wake.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        self.due = True
+        on_due = self.on_due
+        if on_due is not None:
+            on_due()
 
     async def drained(self) -> None:
-        """Return once no snapshot waits to be taken by the sender: at once, unless the client
+        """Return once no snapshot waits to be taken by the writer: at once, unless the client
         sends requests faster than it reads their answers. Awaited before each request is
         read, so that such a client is held back by TCP instead of queued in memory."""
         if self._snapshot is None:
@@ -227,7 +218,8 @@ class Subscription:
             not_found: list[str] = []
             pending = self._pending
             for sid in snapshot.ids:
-                pending.discard(sid)
+                if pending is not None:
+                    pending.discard(sid)
                 state = _newest(
                     snapshot.rows.get(sid), self._buffer.pop(sid, None), self._sent.get(sid)
                 )
@@ -238,9 +230,10 @@ class Subscription:
                     statuses[sid] = state
             messages.append(encode_statuses(statuses, not_found))
             if not pending:
-                self._pending = set()  # an emptied set keeps its table; a new one is small
+                self._pending = None  # an emptied set would keep its table
 
-        ready = [sid for sid in self._buffer if sid not in self._pending]
+        pending = self._pending
+        ready = [sid for sid in self._buffer if pending is None or sid not in pending]
         deltas: dict[str, LiveState] = {}
         for sid in ready:
             state = self._buffer.pop(sid)
@@ -380,7 +373,7 @@ class LiveHub:
                         watching[sid] = next(iter(subs))
             if not watching:
                 del self._index[owner]
-        subscription.watched.clear()
+        subscription.unwatch_all()
 
     def register(self, subscription: Subscription, ids: Iterable[str]) -> None:
         """Start routing changes of `ids` to the subscription. Done BEFORE its snapshot is

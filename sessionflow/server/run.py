@@ -20,6 +20,7 @@ from sessionflow.db import migrate, migration_dsn
 from sessionflow.local import resolve_database
 from sessionflow.logs import first_line
 from sessionflow.server.app import create_app
+from sessionflow.server.ws_protocol import LeanWebSocketProtocol
 from sessionflow.settings import Settings
 from sessionflow.tokens import count_active_tokens, create_token
 
@@ -77,8 +78,10 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
     - A ping every ws_ping_interval_seconds; a client that does not answer one within as long
       again is dropped (and the watch route drops one that stops reading as quickly).
     - No permessage-deflate: its compressor state would cost each connection tens of KiB,
-      whatever the client sends, for messages too small to gain from it."""
+      whatever the client sends, for messages too small to gain from it.
+    - uvicorn's own protocol, keeping less per connection (sessionflow.server.ws_protocol)."""
     return {
+        "ws": LeanWebSocketProtocol,
         "ws_max_size": settings.ws_message_limit,
         "ws_ping_interval": settings.ws_ping_interval_seconds,
         "ws_ping_timeout": settings.ws_ping_interval_seconds,

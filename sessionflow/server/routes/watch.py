@@ -2,11 +2,12 @@
 
 The client sends `watch` messages (protocol.WatchMessage); each is answered with a snapshot
 of those ids, then their changes follow as deltas, coalesced per connection. Each connection
-runs two tasks: a receiver (requests, snapshots) and a sender (drains the hub's buffer).
+reads its client's requests (and reads their snapshots) in the ASGI call's task; what the hub
+offers it is written by a task that runs only while something waits to be sent (`_Writer`).
 
 Bounds, whatever the client sends or fails to read:
-- One answer at most waits to be sent: the receiver reads the client's next request only once
-  the sender has taken the last answer. A client that sends without reading is held back by
+- One answer at most waits to be sent: the connection reads its client's next request only once
+  the writer has taken the last answer. A client that sends without reading is held back by
   TCP, not queued in memory, and costs one snapshot query per answer it takes.
 - A client that stops reading is dropped once a write has waited ws_ping_interval_seconds for
   it, as the keepalive drops one that stops answering pings after as long again. Every other
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from sessionflow.logs import set_owner
@@ -62,7 +65,7 @@ class Violation:
 
 @dataclass(frozen=True)
 class Ending:
-    """How the sender ended a connection: a close code and reason, or code None when the
+    """How the writer ended a connection: a close code and reason, or code None when the
     client does not read (a close frame would never reach it)."""
 
     code: int | None
@@ -85,6 +88,8 @@ async def watch_sessions(websocket: WebSocket) -> None:
     try:
         set_owner(subscription.owner)
         await websocket.accept()
+        # The handshake's headers are not read again: not kept for the life of the connection.
+        websocket.scope["headers"] = []
         await _serve(websocket, hub, subscription, state.settings)
     finally:
         hub.unsubscribe(subscription)
@@ -94,7 +99,8 @@ async def _authenticate(
     websocket: WebSocket, pool: AsyncConnectionPool, hub: LiveHub
 ) -> Subscription | None:
     """Check the bearer token and subscribe its connection; None when refused (answered)."""
-    token = bearer_token(websocket.headers.get("authorization"))
+    # Not websocket.headers, which would keep a copy of them for the life of the connection.
+    token = bearer_token(Headers(scope=websocket.scope).get("authorization"))
     epoch = hub.token_epoch
     identity = await _identify_or_deny(websocket, pool, token)
     if identity is None:
@@ -148,57 +154,59 @@ async def _identify(pool: AsyncConnectionPool, token: str | None) -> tuple[str, 
 async def _serve(
     websocket: WebSocket, hub: LiveHub, subscription: Subscription, settings: Settings
 ) -> None:
+    """Serve the client's requests in this task (the ASGI call's) while a writer sends what
+    the hub offers, in a task of its own only while there is something to send."""
     window = settings.ws_ping_interval_seconds
-    sender = asyncio.create_task(_send_loop(websocket, hub, subscription, settings))
-    receiver = asyncio.create_task(_receive_loop(websocket, hub, subscription, settings))
+    writer = _Writer(websocket, hub, subscription, settings)
     try:
-        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        if receiver.done():
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-            await _finish(websocket, receiver, window)
-            return
         try:
-            ending = sender.result()
+            violation = await _receive_loop(websocket, hub, subscription, settings)
+        except asyncio.CancelledError:
+            ending = writer.ending
+            task = asyncio.current_task()
+            if ending is _WRITING or (task is not None and task.uncancel() > 0):
+                raise  # not the writer's: the server is stopping
+            await writer.stop()
+            await _end(websocket, ending, window)
+            return
+        except DatabaseUnavailable as exc:
+            await writer.stop()
+            log.warning("watch: cannot read a snapshot (%s)", exc)
+            await _close(
+                websocket, _CLOSE_INTERNAL, "the database is not answering; reconnect", window
+            )
+            return
         except Exception:
-            log.exception("watch: the sender failed")
+            await writer.stop()
+            log.exception("watch: the receiver failed")
             await _close(websocket, _CLOSE_INTERNAL, "internal error", window)
             return
-        if ending is None:
-            return  # the client is gone
-        if ending.code is None:
-            # Nothing more can be written to it: leave, and let the server close the socket.
-            log.info("watch: dropping a client: %s", ending.reason)
-        else:
-            await _close(websocket, ending.code, ending.reason, window)
+        await writer.stop()
+        if violation is not None:
+            await _refuse(websocket, violation, window)
     finally:
-        for task in (sender, receiver):
-            task.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
+        await writer.stop()
 
 
-async def _finish(
-    websocket: WebSocket, receiver: asyncio.Task[Violation | None], window: float
-) -> None:
+async def _end(websocket: WebSocket, ending: Ending | None, window: float) -> None:
+    """End the connection as the writer found it must end."""
+    if ending is None:
+        return  # the client is gone
+    if ending.code is None:
+        # Nothing more can be written to it: leave, and let the server close the socket.
+        log.info("watch: dropping a client: %s", ending.reason)
+    else:
+        await _close(websocket, ending.code, ending.reason, window)
+
+
+async def _refuse(websocket: WebSocket, violation: Violation, window: float) -> None:
+    message = ErrorMessage(error=violation.error, detail=violation.detail)
     try:
-        violation = receiver.result()
-    except DatabaseUnavailable as exc:
-        log.warning("watch: cannot read a snapshot (%s)", exc)
-        await _close(websocket, _CLOSE_INTERNAL, "the database is not answering; reconnect", window)
-        return
-    except Exception:
-        log.exception("watch: the receiver failed")
-        await _close(websocket, _CLOSE_INTERNAL, "internal error", window)
-        return
-    if violation is not None:
-        message = ErrorMessage(error=violation.error, detail=violation.detail)
-        try:
-            async with asyncio.timeout(window):
-                await websocket.send_text(message.model_dump_json())
-        except (WebSocketDisconnect, RuntimeError, TimeoutError):
-            return  # gone, or not reading: a close frame would not reach it either
-        await _close(websocket, WS_CLOSE_POLICY, violation.error, window)
+        async with asyncio.timeout(window):
+            await websocket.send_text(message.model_dump_json())
+    except (WebSocketDisconnect, RuntimeError, TimeoutError):
+        return  # gone, or not reading: a close frame would not reach it either
+    await _close(websocket, WS_CLOSE_POLICY, violation.error, window)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, window: float) -> None:
@@ -222,38 +230,114 @@ async def _deny(websocket: WebSocket, status: int, error: str, detail: str) -> N
         await websocket.close(_CLOSE_INTERNAL, detail[:120])
 
 
-async def _send_loop(
-    websocket: WebSocket, hub: LiveHub, subscription: Subscription, settings: Settings
-) -> Ending | None:
-    """Drain the subscription until the client is gone (None) or the connection must end."""
-    coalesce = settings.ws_coalesce_seconds
-    window = settings.ws_ping_interval_seconds
-    try:
-        while True:
-            await subscription.wake.wait()
-            # Deltas wait a moment to be coalesced; an answer to a request goes at once.
-            if coalesce > 0 and subscription.closing is None and not subscription.snapshot_waiting:
-                await asyncio.sleep(coalesce)
-            # Cleared before taking, with no await between: whatever the hub offers after
-            # this sets the event again.
-            subscription.wake.clear()
-            if subscription.closing is not None:
-                return Ending(*subscription.closing)
-            notified_at, subscription.notified_at = subscription.notified_at, None
-            await _send_taken(websocket, subscription, window)
-            hub.sent(notified_at)
-    except TimeoutError:
-        return Ending(None, f"it has read nothing for {window:g} s")
-    except (WebSocketDisconnect, RuntimeError):
-        return None  # the client is gone
+# The writer has not ended the connection (its `ending` until it does).
+_WRITING = Ending(None, "")
+
+
+class _Writer:
+    """The writing side of one connection. A task of its own runs only while something waits
+    to be sent: it waits the coalescing window (unless an answer or the closing waits), sends
+    what the subscription holds, and ends once nothing more is due. An idle connection holds
+    no task and no frame for it, which is what 10,000 watchers multiply. When the connection
+    must end (the hub closes it, the client is gone or does not read), the writer says how in
+    `ending` and cancels the connection's task, which ends it."""
+
+    __slots__ = (
+        "_coalesce",
+        "_context",
+        "_hub",
+        "_main",
+        "_subscription",
+        "_task",
+        "_websocket",
+        "_window",
+        "ending",
+    )
+
+    def __init__(
+        self, websocket: WebSocket, hub: LiveHub, subscription: Subscription, settings: Settings
+    ) -> None:
+        self._websocket = websocket
+        self._hub = hub
+        self._subscription = subscription
+        self._coalesce = settings.ws_coalesce_seconds
+        self._window = settings.ws_ping_interval_seconds
+        self._main = asyncio.current_task()
+        # The connection's context (its owner, for the log lines), whoever calls `due`.
+        self._context = contextvars.copy_context()
+        self._task: asyncio.Task[None] | None = None
+        self.ending: Ending | None = _WRITING
+        subscription.on_due = self.due
+        if subscription.due:
+            self.due()
+
+    def due(self) -> None:
+        """Something waits to be sent: start writing, unless a write is under way (it sends
+        whatever is due before it ends)."""
+        if self._task is None and self.ending is _WRITING:
+            self._task = asyncio.get_running_loop().create_task(
+                self._write(), context=self._context
+            )
+
+    async def stop(self) -> None:
+        """No more writing: what is under way is cancelled."""
+        self._subscription.on_due = None
+        if self.ending is _WRITING:
+            self.ending = Ending(None, "stopped")
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _write(self) -> None:
+        try:
+            ending = await self._send_due()
+        except Exception:
+            log.exception("watch: the sender failed")
+            ending = Ending(_CLOSE_INTERNAL, "internal error")
+        finally:
+            self._task = None
+        if ending is _WRITING or self.ending is not _WRITING:
+            return
+        self.ending = ending
+        if self._main is not None:
+            self._main.cancel()
+
+    async def _send_due(self) -> Ending | None:
+        """Send until nothing is due (_WRITING), the client is gone (None) or the connection
+        must end."""
+        subscription = self._subscription
+        try:
+            while subscription.due:
+                # Deltas wait a moment to be coalesced; an answer to a request goes at once.
+                if (
+                    self._coalesce > 0
+                    and subscription.closing is None
+                    and not subscription.snapshot_waiting
+                ):
+                    await asyncio.sleep(self._coalesce)
+                # Cleared before taking, with no await between: whatever the hub offers after
+                # this is due again.
+                subscription.due = False
+                if subscription.closing is not None:
+                    return Ending(*subscription.closing)
+                notified_at, subscription.notified_at = subscription.notified_at, None
+                await _send_taken(self._websocket, subscription, self._window)
+                self._hub.sent(notified_at)
+        except TimeoutError:
+            return Ending(None, f"it has read nothing for {self._window:g} s")
+        except (WebSocketDisconnect, RuntimeError):
+            return None  # the client is gone
+        return _WRITING
 
 
 async def _send_taken(websocket: WebSocket, subscription: Subscription, window: float) -> None:
     """Send what the subscription holds. A call of its own, so that the messages are let go
-    once sent rather than held by the loop while it waits for the next wake."""
+    once sent rather than held while the writer waits out the coalescing window."""
     messages = subscription.take_messages()
     if messages:
-        # One deadline per batch, not per message: a batch is what one wake took.
+        # One deadline per batch, not per message: a batch is what one take found.
         async with asyncio.timeout(window):
             for text in messages:
                 await websocket.send_text(text)
