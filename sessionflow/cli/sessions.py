@@ -100,7 +100,9 @@ def show(
 def _print_detail(detail: SessionDetail) -> None:
     """One session for a person. Everything that comes from a transcript (prompts, titles,
     paths) is printed as text, never read as rich markup."""
-    out = Console(soft_wrap=True, highlight=False)
+    out = Console(highlight=False)
+    # On a terminal, long values wrap under their column; into a pipe, each stays one line.
+    out.soft_wrap = not out.is_terminal
     head = Text(detail.id, style="bold")
     head.append(f"  {detail.lifecycle.value}  (parse: {detail.parse_status.value})", style="")
     out.print(head)
@@ -131,9 +133,17 @@ def _print_detail(detail: SessionDetail) -> None:
     if result:
         rows += _result_rows(result)
     out.print("")
-    for label, value in rows:
-        if value not in (None, "", 0):
+    shown = [(label, value) for label, value in rows if value not in (None, "", 0)]
+    if out.soft_wrap:
+        for label, value in shown:
             out.print(Text(f"  {label + ':':<20} {value}"))
+    else:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")  # a path has no spaces to wrap at
+        for label, value in shown:
+            grid.add_row(Text(f"  {label}:"), Text(str(value)))
+        out.print(grid)
     subagents = result.get("subagents") or []
     if subagents:
         out.print("")

@@ -310,7 +310,7 @@ def one_prompt_transcript(folder: Path) -> None:
     (project / f"{SESSION}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
-def test_show_says_why_a_parsed_session_was_not_summarized_and_list_shows_it(
+def test_show_says_why_a_parsed_session_was_not_summarized_fits_the_terminal_and_list_shows_it(
     procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
 ) -> None:
     server = procs.serve()
@@ -335,6 +335,18 @@ def test_show_says_why_a_parsed_session_was_not_summarized_and_list_shows_it(
     (item,) = json.loads(listed.stdout)["sessions"]
     assert (item["id"], item["lifecycle"], item["project"]) == (SESSION, "parsed", "demo")
     assert item["title"] == "[/api] returns 500" and item["tokens"] == 15
+
+    # On a narrow terminal every line fits, and a long value wraps under its own column.
+    narrow = run_in_pty(
+        ["show", SESSION, "--server", server.url], cli_env(token, tmp_path), 40, timeout=60
+    )
+    assert narrow.returncode == 0, narrow.output
+    screen = [line for line in narrow.final if line.strip()]
+    assert all(cell_len(line) <= 40 for line in screen), screen
+    tokens = next(i for i, line in enumerate(screen) if line.startswith("  Tokens:"))
+    column = screen[tokens].index("input")
+    assert screen[tokens + 1][:column].strip() == "", screen[tokens : tokens + 2]
+    assert screen[tokens + 1][column:].strip(), screen[tokens : tokens + 2]
 
 
 @pytest.mark.slow
