@@ -5,11 +5,25 @@ server dropped meanwhile is replaced, never handed to a request."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from sessionflow import db
+
+
+@asynccontextmanager
+async def pool_of_one(db_dsn: str) -> AsyncIterator[AsyncConnectionPool]:
+    """The server's pool, one connection, so that each checkout is the same connection."""
+    pool = db.make_pool(db_dsn, min_size=1, max_size=1, timeout=10)
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 async def last_query(db_dsn: str, pid: int) -> str:
@@ -24,9 +38,7 @@ async def test_a_connection_back_a_moment_ago_is_handed_out_without_a_check_and_
     db_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "FRESH_SECONDS", 0.5)
-    pool = db.make_pool(db_dsn, min_size=1, max_size=1, timeout=10)
-    await pool.open(wait=True)
-    try:
+    async with pool_of_one(db_dsn) as pool:
         async with pool.connection() as conn:
             await conn.execute("SELECT 'marker'")
             pid = conn.info.backend_pid
@@ -37,17 +49,13 @@ async def test_a_connection_back_a_moment_ago_is_handed_out_without_a_check_and_
         async with pool.connection() as conn:
             assert conn.info.backend_pid == pid
             assert await last_query(db_dsn, pid) == ""  # the check's empty query
-    finally:
-        await pool.close()
 
 
 async def test_a_connection_the_server_dropped_while_idle_is_replaced(
     db_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "FRESH_SECONDS", 0.2)
-    pool = db.make_pool(db_dsn, min_size=1, max_size=1, timeout=10)
-    await pool.open(wait=True)
-    try:
+    async with pool_of_one(db_dsn) as pool:
         async with pool.connection() as conn:
             pid = conn.info.backend_pid
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as admin:
@@ -57,5 +65,3 @@ async def test_a_connection_the_server_dropped_while_idle_is_replaced(
             cur = await conn.execute("SELECT 1")
             assert await cur.fetchone() == (1,)
             assert conn.info.backend_pid != pid
-    finally:
-        await pool.close()
