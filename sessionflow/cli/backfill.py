@@ -189,10 +189,16 @@ async def _run(
         ui.warn(f"{path} {why}; going on with the other paths")
     if found.skipped:
         # Named once, in the summary: a folder of hundreds of them would bury the bars here.
-        ui.say(
-            f"Skipping {_count(len(found.skipped), 'file')} with no conversation to upload "
-            "(listed at the end)."
-        )
+        withheld = len(found.withheld)
+        parts = [
+            f"{_count(n, noun)} {why}"
+            for n, noun, why in (
+                (len(found.skipped) - withheld, "file", "with no conversation to upload"),
+                (withheld, "transcript", "that cannot be uploaded"),
+            )
+            if n
+        ]
+        ui.say(f"Skipping {' and '.join(parts)} (listed at the end).")
     if not found.sessions:
         where = ", ".join(str(p) for p in options.paths)
         ui.say(f"No transcripts to backfill under {where}.")

@@ -205,3 +205,28 @@ def test_files_with_no_transcript_are_one_line_up_front_and_named_under_their_fo
     named = lines[summary + 1 : summary + 6]
     assert all(line.strip().startswith("-home-someone-empty-files/") for line in named), named
     assert lines[summary + 6].strip().startswith("and 3 more")
+
+
+def test_a_transcript_that_cannot_be_uploaded_is_counted_apart_from_files_with_no_transcript(
+    procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 2, seed=9)
+    odd = folder / "-home-someone-odd"
+    odd.mkdir()
+    (odd / "00000000-0000-4000-8000-000000000000.jsonl").touch()
+    sample = next(p for p in folder.rglob("*.jsonl") if p.stat().st_size)
+    event = next(
+        e for e in map(json.loads, sample.read_text().splitlines()) if e.get("type") == "user"
+    )
+    event.pop("sessionId", None)
+    (odd / "no usable id!.jsonl").write_text(json.dumps(event) + "\n")
+    server = procs.serve()
+    done = sessionflow(
+        tmp_path, "backfill", str(folder), "--server", server.url, token=make_token("a")
+    )
+    assert done.returncode == 1, done.stdout  # a transcript found is not on the server
+    assert (
+        "Skipping 1 file with no conversation to upload and 1 transcript that cannot be "
+        "uploaded (listed at the end)."
+    ) in done.stdout
