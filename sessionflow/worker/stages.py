@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -87,19 +87,6 @@ def _discard_all(paths: list[Path]) -> None:
         discard(path)
 
 
-class _Hashing:
-    """A binary stream read through readline, hashing every byte that passes."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.hasher = hashlib.sha256()
-
-    def readline(self, limit: int = -1) -> bytes:
-        line = self.stream.readline(limit)
-        self.hasher.update(line)
-        return line
-
-
 def parse_files(
     files: Sequence[tuple[JobFile, Path]],
     max_line_bytes: int,
@@ -117,13 +104,13 @@ def parse_files(
             raise ObjectNotFound(f"the stored file {file.key} ({file.name}) is missing") from exc
         except OSError as exc:
             raise StorageError(f"could not read {path}: {exc.strerror}") from exc
-        hashing = _Hashing(stream)
+        hasher = hashlib.sha256()
         with stream:
-            lines: Iterable[bytes] = read_lines(cast(IO[bytes], hashing), max_line_bytes)
+            lines: Iterable[bytes] = read_lines(stream, max_line_bytes, on_block=hasher.update)
             if cancel is not None:
                 lines = _checked(lines, cancel)
             parser.feed(lines, name=file.name, role=_role(file.role), agent_id=file.agent_id)
-        actual = hashing.hasher.hexdigest()
+        actual = hasher.hexdigest()
         if actual != file.sha256:
             raise PermanentError(
                 f"the stored file {file.key} ({file.name}) is damaged (its sha256 is {actual}, "

@@ -259,6 +259,45 @@ def test_read_lines_keeps_a_line_of_exactly_the_cap_with_crlf() -> None:
     assert parse_transcript(lines, max_line_bytes=len(line)).lines_skipped == 0
 
 
+def _lines_by_readline(data: bytes, max_line_bytes: int) -> list[bytes]:
+    """What read_lines yields, told the slow way: each line asked of the stream in turn."""
+    stream, limit, lines = io.BytesIO(data), max_line_bytes + 2, []
+    while line := stream.readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 7, 64, 1001, 1002, 1003, 4096])
+def test_read_lines_cuts_blocks_into_the_lines_readline_would_give(block_size: int) -> None:
+    shapes = [
+        b"",
+        b"a",
+        b"a\n",
+        b"\n\n",
+        b"x" * 10 + b"\n" + b"y" * 3,
+        b"y" * 5000 + b"\nz\n",
+        b"q" * 1001,
+        b"q" * 1002,
+        b"q" * 1003,
+        b"q" * 1001 + b"\n",
+        b"q" * 1000 + b"\r\n" + b"w",
+        b"".join(jsonl(user("a"))) + b"y" * 100_000 + b"\n" + b"".join(jsonl(user("b"))),
+    ]
+    for data in shapes:
+        for max_line_bytes in (1, 3, 1000):
+            seen: list[bytes] = []
+            lines = list(
+                read_lines(
+                    io.BytesIO(data), max_line_bytes, on_block=seen.append, block_size=block_size
+                )
+            )
+            assert lines == _lines_by_readline(data, max_line_bytes), (data[:20], max_line_bytes)
+            assert b"".join(seen) == data  # every byte passes on_block once
+
+
 def test_only_too_long_lines_say_so_in_the_error() -> None:
     with pytest.raises(TranscriptError, match=r"1 longer than the 1 KiB line limit"):
         parse_transcript(jsonl(user("x" * 2_000)), max_line_bytes=1024)
