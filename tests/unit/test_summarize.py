@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import sys
 import types
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -13,6 +15,7 @@ from sessionflow.worker.summarize import (
     HeuristicSummarizer,
     Summarizer,
     Summary,
+    _relative,
     get_summarizer,
     humanize_duration,
     shorten,
@@ -194,3 +197,25 @@ def test_get_summarizer_rejects_a_bad_name_clearly(name: str, message: str) -> N
 def test_get_summarizer_rejects_a_class_that_is_not_a_summarizer(plugin_module: str) -> None:
     with pytest.raises(ValueError, match="needs a `name` string and a `summarize"):
         get_summarizer(f"{plugin_module}:NotASummarizer")
+
+
+def test_a_changed_file_is_named_from_the_session_folder_exactly_as_pathlib_would() -> None:
+    # The fast path is string slicing; every shape pathlib normalizes must come out the same.
+    parts = ["", "a", ".", "..", "b.c", ".x"]
+    paths = {
+        lead + "/".join(combo) + trail
+        for n in (1, 2, 3)
+        for combo in itertools.product(parts, repeat=n)
+        for lead in ("/", "", "//")
+        for trail in ("", "/")
+    }
+    cwds = ["/", "//", "/a", "/a/", "a", "/a/b", "//a", "/a//b", "/a/.", "/a/./b", ".", "", None]
+    for path in paths:
+        for cwd in cwds:
+            for prefix in ("", "/a/", "/a/b/", "a/"):
+                full = prefix + path.lstrip("/") if prefix else path
+                expected = full
+                if cwd:
+                    with contextlib.suppress(ValueError):
+                        expected = str(PurePosixPath(full).relative_to(cwd))
+                assert _relative(full, cwd) == expected, (full, cwd)
