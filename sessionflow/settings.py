@@ -73,7 +73,11 @@ class Settings(BaseSettings):
     listen_ping_interval_seconds: float = Field(default=5.0, gt=0)
 
     # Worker.
-    worker_concurrency: int = Field(default=2, ge=1)
+    # Sessions a worker holds at once: parsing, or claimed and waiting for a parser.
+    worker_concurrency: int = Field(default=8, ge=1)
+    # Parser processes (or threads) of a worker: the sessions it parses at once, at most its
+    # concurrency. Parsing is CPU-bound: about one per core the worker may use.
+    worker_parsers: int = Field(default=2, ge=1)
     worker_poll_seconds: float = Field(default=5.0, gt=0)
     worker_lease_seconds: float = Field(default=30.0, gt=0)
     worker_max_attempts: int = Field(default=default("worker_max_attempts"), ge=1)

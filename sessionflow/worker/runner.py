@@ -103,7 +103,11 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="sessionflow-worker"
         )
-        self.parsers = ParserPool(settings.worker_parser, self.concurrency)
+        # Parsing is the CPU-bound part: as many at once as the parsers setting allows, and
+        # the other jobs held wait for a free parser (see _refill_at).
+        self.parsers = ParserPool(
+            settings.worker_parser, min(settings.worker_parsers, self.concurrency)
+        )
         self.scratch_dir = settings.data_dir / "work"
         self.pipeline = Pipeline(
             claims=self.claims,
@@ -135,6 +139,13 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._slot_free.set()
+        # While the queue is deep (the last claim got all it asked for), the claim loop waits
+        # until the jobs held fall to this many before it claims again: one claim then takes
+        # several jobs, and their stage writes share statements (worker/commits.py), instead
+        # of a claim and a statement per session. Enough stay held to keep the parsers busy
+        # meanwhile. With concurrency 1 or 2 it claims as soon as a slot frees.
+        self._refill_at = min(self.concurrency - 1, max(self.parsers.size, self.concurrency // 2))
+        self._deep = False
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None
@@ -278,8 +289,11 @@ class Worker:
             for job in jobs:
                 self.metrics.pickup_latency.observe(job.waited_seconds)
                 self._launch(job)
-            if len(jobs) == free:
-                continue  # there may be more: claim again as soon as a slot frees
+            self._deep = len(jobs) == free
+            if self._deep:
+                if len(self._running) > self._refill_at:
+                    self._slot_free.clear()
+                continue  # there may be more: claim again once enough slots are free
             if await self._requeue_outdated(free - len(jobs)):
                 continue  # background work for the free slots: claim it now
             await self.claims.return_kept()  # the queue is drained: hold no connections idle
@@ -362,7 +376,8 @@ class Worker:
         finally:
             running.cancel.set()  # stops a thread still working for a job given up
             del self._running[job.lease]
-            self._slot_free.set()
+            if not self._deep or len(self._running) <= self._refill_at:
+                self._slot_free.set()
 
     async def _fail(self, job: Job, error: str) -> None:
         self.outcomes["failed"] += 1
