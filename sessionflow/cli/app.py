@@ -110,7 +110,10 @@ def worker_command(
             min=1,
             envvar="SESSIONFLOW_WORKER_CONCURRENCY",
             metavar="N",
-            help="Sessions processed at once (default: 2).",
+            help=(
+                "Sessions the worker holds at once, parsing or waiting for a parser; it parses "
+                "SESSIONFLOW_WORKER_PARSERS of them (2) at a time (default: 8)."
+            ),
             show_default=False,
         ),
     ] = None,
