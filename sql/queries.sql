@@ -219,105 +219,75 @@ FROM unnest(%(owners)s::text[], %(ids)s::text[], %(leases)s::uuid[]) AS h(owner,
 WHERE j.owner = h.owner AND j.id = h.id AND j.lease_token = h.lease
 RETURNING j.lease_token;
 
+-- Every statement below is fenced by the lease token on the sessions row: no row updated (the
+-- row count the server reports, nothing returned) means the job is no longer this worker's to
+-- finish.
+
+-- name: job_advance
+UPDATE sessions SET lifecycle = %(lifecycle)s
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+
+-- name: job_start_summarizing
+UPDATE sessions
+SET lifecycle = 'summarizing', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
+    parser_version = %(parser_version)s, error = NULL
+WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+
+-- name: job_finish_parsed
+WITH finished AS (
+    UPDATE sessions
+    SET lifecycle = 'parsed', parse_status = %(parse_status)s,
+        parse_result = %(parse_result)s::jsonb, parser_version = %(parser_version)s,
+        error = NULL, lease_token = NULL
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
+)
+UPDATE jobs AS j
+SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id;
+
+-- name: job_finish_summarized
+WITH finished AS (
+    UPDATE sessions
+    SET lifecycle = 'summarized', summary = %(summary)s::jsonb, error = NULL, lease_token = NULL
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
+)
+UPDATE jobs AS j
+SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id;
+
 -- name: job_parse_result
--- The parse result a previous attempt stored (a job resumed in summarizing); fenced.
 SELECT parse_result FROM sessions
 WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
--- The stage writes. Each takes several jobs' writes of one kind at once (a worker's group
--- commit, worker/commits.py): one array per parameter, an element per job, in the same order.
--- Each is fenced by the job's lease token on the sessions row it changes, and returns the
--- owner and id of every session it changed: a job missing from the answer is no longer this
--- worker's to finish. One statement for many sessions costs PostgreSQL a fraction of one per
--- session (a statement's own work, planning and executor start-up, is most of such a write);
--- every session still gets its own row change, trigger and NOTIFY.
-
--- name: jobs_advance
-UPDATE sessions AS s SET lifecycle = w.lifecycle
-FROM unnest(%(owner)s::text[], %(id)s::text[], %(lease)s::uuid[], %(lifecycle)s::text[])
-    AS w(owner, id, lease, lifecycle)
-WHERE s.owner = w.owner AND s.id = w.id AND s.lease_token = w.lease
-RETURNING s.owner, s.id;
-
--- name: jobs_start_summarizing
-UPDATE sessions AS s
-SET lifecycle = 'summarizing', parse_status = w.parse_status,
-    parse_result = w.parse_result::jsonb, parser_version = w.parser_version, error = NULL
-FROM unnest(%(owner)s::text[], %(id)s::text[], %(lease)s::uuid[], %(parse_status)s::text[],
-            %(parse_result)s::text[], %(parser_version)s::int[])
-    AS w(owner, id, lease, parse_status, parse_result, parser_version)
-WHERE s.owner = w.owner AND s.id = w.id AND s.lease_token = w.lease
-RETURNING s.owner, s.id;
-
--- name: jobs_finish_parsed
-WITH finished AS (
-    UPDATE sessions AS s
-    SET lifecycle = 'parsed', parse_status = w.parse_status,
-        parse_result = w.parse_result::jsonb, parser_version = w.parser_version,
-        error = NULL, lease_token = NULL
-    FROM unnest(%(owner)s::text[], %(id)s::text[], %(lease)s::uuid[], %(parse_status)s::text[],
-                %(parse_result)s::text[], %(parser_version)s::int[])
-        AS w(owner, id, lease, parse_status, parse_result, parser_version)
-    WHERE s.owner = w.owner AND s.id = w.id AND s.lease_token = w.lease
-    RETURNING s.owner, s.id
-), done AS (
-    UPDATE jobs AS j
-    SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-    FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id
-)
-SELECT owner, id FROM finished;
-
--- name: jobs_finish_summarized
-WITH finished AS (
-    UPDATE sessions AS s
-    SET lifecycle = 'summarized', summary = w.summary::jsonb, error = NULL, lease_token = NULL
-    FROM unnest(%(owner)s::text[], %(id)s::text[], %(lease)s::uuid[], %(summary)s::text[])
-        AS w(owner, id, lease, summary)
-    WHERE s.owner = w.owner AND s.id = w.id AND s.lease_token = w.lease
-    RETURNING s.owner, s.id
-), done AS (
-    UPDATE jobs AS j
-    SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-    FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id
-)
-SELECT owner, id FROM finished;
-
--- name: jobs_release
--- Gives jobs back for a later attempt: after a transient error (with a backoff and the reason
--- in error), or undone on a graceful stop (refund = 1: that attempt does not count).
+-- name: job_release
+-- Gives a job back for a later attempt: after a transient error (with a backoff and the
+-- reason in error), or undone on a graceful stop (refund = 1: that attempt does not count).
 WITH released AS (
-    UPDATE sessions AS s SET lease_token = NULL, error = coalesce(w.error, s.error)
-    FROM unnest(%(owner)s::text[], %(id)s::text[], %(lease)s::uuid[], %(error)s::text[],
-                %(delay_seconds)s::float8[], %(refund)s::int[])
-        AS w(owner, id, lease, error, delay_seconds, refund)
-    WHERE s.owner = w.owner AND s.id = w.id AND s.lease_token = w.lease
-    RETURNING s.owner, s.id, w.delay_seconds, w.refund
-), given_back AS (
-    UPDATE jobs AS j
-    SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-        run_after = now() + make_interval(secs => r.delay_seconds),
-        attempts = greatest(j.attempts - r.refund, 0)
-    FROM released AS r WHERE j.owner = r.owner AND j.id = r.id
+    UPDATE sessions SET lease_token = NULL, error = coalesce(%(error)s, error)
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
 )
-SELECT owner, id FROM released;
+UPDATE jobs AS j
+SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+    run_after = now() + make_interval(secs => %(delay_seconds)s),
+    attempts = greatest(j.attempts - %(refund)s, 0)
+FROM released AS r WHERE j.owner = r.owner AND j.id = r.id;
 
--- name: jobs_fail
+-- name: job_fail
 -- A session that was never parsed fails its parse too; one that failed later keeps its result.
 WITH failed AS (
-    UPDATE sessions AS s
-    SET lifecycle = 'failed', error = w.error,
-        parse_status = CASE WHEN s.parse_status = 'pending' THEN 'failed' ELSE s.parse_status END,
+    UPDATE sessions
+    SET lifecycle = 'failed', error = %(error)s,
+        parse_status = CASE WHEN parse_status = 'pending' THEN 'failed' ELSE parse_status END,
         lease_token = NULL
-    FROM unnest(%(owner)s::text[], %(id)s::text[], %(lease)s::uuid[], %(error)s::text[])
-        AS w(owner, id, lease, error)
-    WHERE s.owner = w.owner AND s.id = w.id AND s.lease_token = w.lease
-    RETURNING s.owner, s.id
-), done AS (
-    UPDATE jobs AS j
-    SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-    FROM failed AS f WHERE j.owner = f.owner AND j.id = f.id
+    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
+    RETURNING owner, id
 )
-SELECT owner, id FROM failed;
+UPDATE jobs AS j
+SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM failed AS f WHERE j.owner = f.owner AND j.id = f.id;
 
 -- name: requeue_outdated
 -- Queues again, as background work (claimed only when no new work waits), a few finished

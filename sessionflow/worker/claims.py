@@ -14,24 +14,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from sessionflow.queries import Q
 from sessionflow.storage import transcript_key
-from sessionflow.worker.commits import Conn, GroupCommit, Stage
-
-# The stage writes a job makes (sql/queries.sql), each with the fields it takes besides the
-# job's fence (owner, id, lease).
-ADVANCE = Stage(Q.jobs_advance, ("lifecycle",))
-_RESULT = ("parse_status", "parse_result", "parser_version")
-START_SUMMARIZING = Stage(Q.jobs_start_summarizing, _RESULT)
-FINISH_PARSED = Stage(Q.jobs_finish_parsed, _RESULT)
-FINISH_SUMMARIZED = Stage(Q.jobs_finish_summarized, ("summary",))
-RELEASE = Stage(Q.jobs_release, ("error", "delay_seconds", "refund"))
-FAIL = Stage(Q.jobs_fail, ("error",))
+from sessionflow.worker.commits import Conn, GroupCommit
 
 
 @dataclass(frozen=True)
@@ -166,14 +156,14 @@ class Claims:
             cur = await conn.execute(Q.extend_leases, params)
             return {row[0] for row in await cur.fetchall()}
 
-    async def _fenced(self, stage: Stage, job: Job, **params: Any) -> bool:
-        return await self.commits.write(stage, {**job.fence, **params})
+    async def _fenced(self, query: LiteralString, job: Job, **params: Any) -> bool:
+        return await self.commits.write(query, {**job.fence, **params})
 
     # Stage writes go through the group commit: several jobs' writes in one transaction.
 
     async def advance(self, job: Job, lifecycle: str) -> bool:
         """Move a held session to a non-terminal lifecycle; False if the job was lost."""
-        return await self._fenced(ADVANCE, job, lifecycle=lifecycle)
+        return await self._fenced(Q.job_advance, job, lifecycle=lifecycle)
 
     # Results arrive as JSON text, encoded off the event loop: they can be large.
 
@@ -181,7 +171,7 @@ class Claims:
         self, job: Job, parse_status: str, parse_result: str, parser_version: int
     ) -> bool:
         return await self._fenced(
-            START_SUMMARIZING,
+            Q.job_start_summarizing,
             job,
             parse_status=parse_status,
             parse_result=parse_result,
@@ -192,7 +182,7 @@ class Claims:
         self, job: Job, parse_status: str, parse_result: str, parser_version: int
     ) -> bool:
         return await self._fenced(
-            FINISH_PARSED,
+            Q.job_finish_parsed,
             job,
             parse_status=parse_status,
             parse_result=parse_result,
@@ -200,7 +190,7 @@ class Claims:
         )
 
     async def finish_summarized(self, job: Job, summary: str) -> bool:
-        return await self._fenced(FINISH_SUMMARIZED, job, summary=summary)
+        return await self._fenced(Q.job_finish_summarized, job, summary=summary)
 
     async def parse_result(self, job: Job) -> dict[str, Any] | None:
         """The parse result a previous attempt stored (a job resumed in summarizing)."""
@@ -214,15 +204,15 @@ class Claims:
     ) -> bool:
         """Give the job back for a later attempt (refund: this attempt did not count)."""
         return await self._fenced(
-            RELEASE,
+            Q.job_release,
             job,
-            delay_seconds=float(delay_seconds),
+            delay_seconds=delay_seconds,
             error=error,
             refund=int(refund),
         )
 
     async def fail(self, job: Job, error: str) -> bool:
-        return await self._fenced(FAIL, job, error=error)
+        return await self._fenced(Q.job_fail, job, error=error)
 
     async def wake_workers(self) -> None:
         async with self.pool.connection() as conn:
