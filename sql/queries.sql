@@ -299,7 +299,8 @@ WITH requeued AS (
         queued_at = now(), finished_at = NULL, lease_token = NULL
     FROM (
         SELECT owner, id FROM sessions
-        WHERE lifecycle IN ('parsed', 'summarized') AND coalesce(parser_version, 0) < %(version)s
+        WHERE parse_result IS NOT NULL AND coalesce(parser_version, 0) < %(version)s
+          AND lifecycle IN ('parsed', 'summarized')
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS old

@@ -123,6 +123,26 @@ def test_visible_changes_bump_version_and_notify(db_dsn: str) -> None:
     }
 
 
+def test_lifecycle_steps_touch_no_index(db_dsn: str) -> None:
+    # sql/006: no index depends on lifecycle, so a step writes a heap-only tuple (HOT), while a
+    # new parse result, which the listing's indexes read, still updates them.
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute(INSERT, ("hot", "queued"))
+        conn.commit()
+        hot = "SELECT pg_stat_get_xact_tuples_hot_updated('sessions'::regclass)"
+        for step in ("downloading", "parsing"):
+            conn.execute("UPDATE sessions SET lifecycle = %s WHERE id = 'hot'", (step,))
+        steps = conn.execute(hot).fetchone()
+        conn.execute(
+            "UPDATE sessions SET lifecycle = 'summarizing', parse_status = 'ok',"
+            " parse_result = '{\"cwd\": \"/p\"}', parser_version = 1 WHERE id = 'hot'"
+        )
+        result = conn.execute(hot).fetchone()
+        conn.execute("UPDATE sessions SET lifecycle = 'summarized' WHERE id = 'hot'")
+        final = conn.execute(hot).fetchone()
+    assert (steps, result, final) == ((2,), (2,), (3,))
+
+
 async def test_health_and_readiness(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).json() == {"status": "ok"}
     ready = await api.get("/readyz")
