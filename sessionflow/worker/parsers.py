@@ -149,11 +149,36 @@ class ParserPool:
         )
         self._context = _context() if kind == "process" else None
         self._idle: asyncio.Queue[_Parser] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(size)  # calls under way, a parser each
         self._alive: set[_Parser] = set()
         self._starting: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, deadline: asyncio.Timeout | None = None
+    ) -> T:
+        """fn(*args) in a parser, once one is free (a worker holds more jobs than it has
+        parsers). deadline: a timeout that stands still while the call waits for a parser."""
+        await self._free_parser(deadline)
+        try:
+            return await self._run(fn, args)
+        finally:
+            self._slots.release()
+
+    async def _free_parser(self, deadline: asyncio.Timeout | None) -> None:
+        when = None if deadline is None else deadline.when()
+        if deadline is None or when is None or not self._slots.locked():
+            await self._slots.acquire()
+            return
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        deadline.reschedule(None)
+        try:
+            await self._slots.acquire()
+        finally:
+            deadline.reschedule(when + loop.time() - asked)
+
+    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         if self._threads is not None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._threads, functools.partial(fn, *args))

@@ -339,8 +339,8 @@ class Worker:
                     "memory; upload the session again with force to retry",
                 )
                 return
-            async with asyncio.timeout(settings.worker_job_timeout_seconds):
-                outcome = await self.pipeline.run(job, running.cancel)
+            async with asyncio.timeout(settings.worker_job_timeout_seconds) as deadline:
+                outcome = await self.pipeline.run(job, running.cancel, deadline)
             self.outcomes[outcome] += 1
             self.metrics.jobs_succeeded.labels(outcome).inc()
             log.info("worker: %s is %s", job, outcome)

@@ -166,12 +166,15 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
 
-    async def run(self, job: Job, cancel: threading.Event) -> str:
+    async def run(
+        self, job: Job, cancel: threading.Event, deadline: asyncio.Timeout | None = None
+    ) -> str:
         """Take the job to a terminal state and return it. Raises PermanentError,
-        TransientError or JobLost."""
+        TransientError or JobLost. deadline: the attempt's timeout, which the time spent
+        waiting for a free parser does not count against."""
         try:
             # The job holds no connection: its writes go through the group commit.
-            return await self._run(job, cancel)
+            return await self._run(job, cancel, deadline)
         except ObjectNotFound as exc:
             raise PermanentError(
                 f"the transcript is missing from the object store ({exc}); "
@@ -192,7 +195,9 @@ class Pipeline:
                 f"{exc.strerror or exc}"
             ) from exc
 
-    async def _run(self, job: Job, cancel: threading.Event) -> str:
+    async def _run(
+        self, job: Job, cancel: threading.Event, deadline: asyncio.Timeout | None
+    ) -> str:
         if job.lifecycle == "summarizing":
             stored = await self._stored_result(job)
             if stored is not None:
@@ -209,7 +214,11 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 result, encoded = await self.parsers.run(
-                    parse_files, files, self.max_line_bytes, cancel if in_thread else None
+                    parse_files,
+                    files,
+                    self.max_line_bytes,
+                    cancel if in_thread else None,
+                    deadline=deadline,
                 )
                 self._observe("parse", started)
             except TranscriptError as exc:

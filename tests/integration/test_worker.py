@@ -9,6 +9,7 @@ import hashlib
 import json
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +28,7 @@ from sessionflow.samples import (
 )
 from sessionflow.settings import Settings
 from sessionflow.storage import ObjectStore, StorageError, open_store, transcript_key
+from sessionflow.worker import stages
 from sessionflow.worker.claims import Claims
 from sessionflow.worker.runner import Worker, WorkerConfigError
 from tests.helpers import auth
@@ -625,3 +627,33 @@ async def test_a_kept_connection_goes_back_to_the_pool_once_kept_for_keep_second
         await claims.return_kept()
     finally:
         await pool.close()
+
+
+async def test_waiting_for_a_free_parser_does_not_count_against_the_job_timeout(
+    api: httpx.AsyncClient,
+    token: str,
+    db_dsn: str,
+    start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One parser, three jobs held, each parse 0.6 s: the last job waits 1.2 s for the parser,
+    # longer than the 1 s an attempt may take, but only its own parse counts.
+    real_parse = stages.parse_files
+
+    def slow_parse(*args: Any) -> Any:
+        time.sleep(0.6)
+        return real_parse(*args)
+
+    monkeypatch.setattr(stages, "parse_files", slow_parse)
+    ids = await upload_backlog(api, token, "p", 3, seed=300)
+    worker = await start_worker(
+        worker_parser="thread",
+        worker_parsers=1,
+        worker_concurrency=3,
+        worker_job_timeout_seconds=1.0,
+    )
+    for session_id in ids:
+        assert (await wait_for(db_dsn, session_id))["lifecycle"] in TERMINAL
+    assert all(row(db_dsn, s)["attempts"] == 1 for s in ids)
+    assert worker.outcomes["retried"] == 0
+    assert worker.outcomes["summarized"] + worker.outcomes["parsed"] == 3
