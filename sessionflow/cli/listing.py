@@ -59,8 +59,10 @@ def parse_since(value: str | None) -> datetime | None:
 def _states(values: list[str] | None) -> list[str]:
     chosen: list[str] = []
     for value in values or []:
-        for name in value.split(","):
-            name = name.strip().lower()
+        names = [name.strip().lower() for name in value.split(",")]
+        if not any(names):
+            raise typer.BadParameter(f"name a state: one of {', '.join(STATES)}")
+        for name in names:
             if not name:
                 continue
             if name not in STATES:

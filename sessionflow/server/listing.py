@@ -85,8 +85,10 @@ def listing(
         since = since.replace(tzinfo=UTC)  # a time without an offset is UTC
     chosen: list[str] = []
     for value in states:
-        for name in value.split(","):
-            name = name.strip().lower()
+        names = [name.strip().lower() for name in value.split(",")]
+        if not any(names):  # `state=`: a filter that names nothing is a mistake, not "all"
+            raise bad_request(f"state names no state; use one of {', '.join(ALL_STATES)}")
+        for name in names:
             if not name:
                 continue
             if name not in ALL_STATES:
