@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 from bench.common import (
@@ -42,15 +43,16 @@ OWNER = "bench"
 
 def load_sessions(dsn: str, count: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # Bulk load without the triggers: 100k NOTIFYs would measure nothing useful here.
+        # Bulk load without the triggers: 100k NOTIFYs would measure nothing useful here (so
+        # active_at, which a trigger would fill in, is given).
         conn.execute("SET session_replication_role = replica")
         conn.execute(
             """
             INSERT INTO sessions (owner, id, lifecycle, parse_status, version, transcript_key,
-                                  transcript_size, transcript_sha256)
+                                  transcript_size, transcript_sha256, active_at)
             SELECT %s, 'session-' || g,
                    (ARRAY['summarized', 'parsed', 'queued', 'failed'])[g %% 4 + 1],
-                   'ok', g, 'k', 1000, repeat('a', 64)
+                   'ok', g, 'k', 1000, repeat('a', 64), now()
             FROM generate_series(1, %s) AS g
             """,
             (OWNER, count),
@@ -96,36 +98,98 @@ async def http_client(
 
 
 async def floor_client(
-    dsn: str, token: str, id_batches: list[list[str]], stop_at: float, latencies: list[float]
+    conn: psycopg.AsyncConnection[Any],
+    token: str,
+    id_batches: list[list[str]],
+    stop_at: float,
+    latencies: list[float],
 ) -> None:
-    """The endpoint's one query (token check and lookup), straight through psycopg."""
+    """The endpoint's one query (token check and lookup), straight through psycopg, on a
+    connection opened before the phase (so its backend's CPU can be read after it)."""
     token_hash = hash_token(token)
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        i = 0
-        while time.perf_counter() < stop_at:
-            ids = id_batches[i % len(id_batches)]
-            i += 1
-            started = time.perf_counter()
-            cur = await conn.execute(
-                Q.batch_status, {"token_hash": token_hash, "ids": json.dumps(ids)}, prepare=True
-            )
-            await cur.fetchall()
-            latencies.append(time.perf_counter() - started)
+    i = 0
+    while time.perf_counter() < stop_at:
+        ids = id_batches[i % len(id_batches)]
+        i += 1
+        started = time.perf_counter()
+        cur = await conn.execute(
+            Q.batch_status, {"token_hash": token_hash, "ids": json.dumps(ids)}, prepare=True
+        )
+        await cur.fetchall()
+        latencies.append(time.perf_counter() - started)
 
 
-async def run_phase(name: str, make_client, clients: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU time of a process and its children, alive now."""
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+class CpuMeter:
+    """CPU time of the server's process tree, of the bench database's PostgreSQL backends and
+    of this process, read before and after a phase."""
+
+    def __init__(self, monitor: psycopg.Connection[Any], server_pid: int | None) -> None:
+        self.monitor = monitor
+        self.server = psutil.Process(server_pid) if server_pid is not None else None
+        self.me = psutil.Process()
+
+    def backends(self) -> dict[int, float]:
+        rows = self.monitor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+        seconds: dict[int, float] = {}
+        for (pid,) in rows:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            seconds[pid] = times.user + times.system
+        return seconds
+
+    def read(self) -> tuple[float, dict[int, float], float]:
+        server = cpu_seconds(self.server) if self.server is not None else 0.0
+        me = self.me.cpu_times()
+        return server, self.backends(), me.user + me.system
+
+    @staticmethod
+    def per_request(
+        before: tuple[float, dict[int, float], float],
+        after: tuple[float, dict[int, float], float],
+        requests: int,
+    ) -> dict[str, float]:
+        pg = sum(t - before[1].get(pid, 0.0) for pid, t in after[1].items())
+        n = max(requests, 1)
+        return {
+            "server_cpu_ms": (after[0] - before[0]) * 1000 / n,
+            "pg_cpu_ms": pg * 1000 / n,
+            "bench_cpu_ms": (after[2] - before[2]) * 1000 / n,
+        }
+
+
+async def run_phase(make_client, clients: int, seconds: float, meter: CpuMeter) -> dict[str, float]:  # type: ignore[no-untyped-def]
     # One warm-up second, whose figures are dropped.
     warm: list[float] = []
-    await asyncio.gather(*(make_client(time.perf_counter() + 1.0, warm) for _ in range(clients)))
+    await asyncio.gather(*(make_client(n, time.perf_counter() + 1.0, warm) for n in range(clients)))
     latencies: list[float] = []
+    before = meter.read()
     started = time.perf_counter()
-    await asyncio.gather(*(make_client(started + seconds, latencies) for _ in range(clients)))
+    await asyncio.gather(*(make_client(n, started + seconds, latencies) for n in range(clients)))
     elapsed = time.perf_counter() - started
+    after = meter.read()
     return {
         "requests": len(latencies),
         "rps": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
+        **CpuMeter.per_request(before, after, len(latencies)),
     }
 
 
@@ -152,28 +216,41 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         bodies = [json.dumps({"session_ids": ids}).encode() for ids in id_batches]
         # Rounds interleave the floor and every variant, so that a neighbour's load on this
         # shared machine falls on all of them alike; the medians are reported.
+        monitor = psycopg.connect(dsn, autocommit=True)
         for n in range(args.rounds):
             print(f"round {n + 1} of {args.rounds}...", flush=True)
             loads.append(loadavg())
-            runs["floor_psycopg"].append(
-                await run_phase(
-                    "floor",
-                    lambda stop, lat: floor_client(dsn, token, id_batches, stop, lat),
-                    args.clients,
-                    args.seconds,
+            conns = [
+                await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+                for _ in range(args.clients)
+            ]
+            try:
+                runs["floor_psycopg"].append(
+                    await run_phase(
+                        lambda n, stop, lat, conns=conns: floor_client(
+                            conns[n], token, id_batches, stop, lat
+                        ),
+                        args.clients,
+                        args.seconds,
+                        CpuMeter(monitor, None),
+                    )
                 )
-            )
+            finally:
+                for conn in conns:
+                    await conn.close()
             for name, env in variants.items():
-                with server_process(dsn, Path(tmp), "--no-worker", env=env) as (url, _proc):
+                with server_process(dsn, Path(tmp), "--no-worker", env=env) as (url, proc):
                     host, port = url.removeprefix("http://").split(":")
+                    client = functools.partial(http_client, host, int(port), token, bodies)
                     runs[name].append(
                         await run_phase(
-                            name,
-                            functools.partial(http_client, host, int(port), token, bodies),
+                            lambda _n, stop, lat, client=client: client(stop, lat),
                             args.clients,
                             args.seconds,
+                            CpuMeter(monitor, proc.pid),
                         )
                     )
+        monitor.close()
         loads.append(loadavg())
     medians = {name: median_of(results) for name, results in runs.items()}
     endpoint, quiet, floor = (
@@ -194,6 +271,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_p99": endpoint["p99_ms"] / floor["p99_ms"],
         "ratio_rps": floor["rps"] / endpoint["rps"],
         "access_log_cost_rps": quiet["rps"] / endpoint["rps"],
+        "access_log_cost_cpu": endpoint["server_cpu_ms"] / quiet["server_cpu_ms"],
     }
     if "baseline_code" in medians:
         before = medians["baseline_code"]
@@ -229,10 +307,23 @@ def main() -> None:
             f"{r['p99_ms']:.1f}",
             f"{f['rps'] / r['rps']:.2f}x",
             f"{r['p50_ms'] / f['p50_ms']:.2f}x",
+            f"{r['server_cpu_ms']:.2f}",
+            f"{r['pg_cpu_ms']:.2f}",
+            f"{r['bench_cpu_ms']:.2f}",
         )
 
     rows = [
-        ("", "req/s", "p50 ms", "p99 ms", "floor/x req/s", "x/floor p50"),
+        (
+            "",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "floor/x req/s",
+            "x/floor p50",
+            "server CPU ms/req",
+            "PG CPU ms/req",
+            "bench CPU ms/req",
+        ),
         line("endpoint (HTTP)", "endpoint"),
         line("  access log off", "endpoint_no_access_log"),
     ]
@@ -245,6 +336,9 @@ def main() -> None:
         rows,
     )
     print(f"\naccess log cost (req/s off / on): {report['access_log_cost_rps']:.3f}x")
+    print(
+        f"access log cost (server CPU per request on / off): {report['access_log_cost_cpu']:.3f}x"
+    )
     print(f"loadavg per round: {report['loadavg']}")
     print(f"written to {write_report('batch_status', report)}")
 
