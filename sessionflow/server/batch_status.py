@@ -62,13 +62,12 @@ async def answer(request: Request, state: AppState) -> Response:
         )
         row = await cur.fetchone()
     assert row is not None  # an aggregate always answers one row
-    owner, statuses_json, found_ids = row
+    owner, statuses_json, not_found_json = row
     if owner is None:
         raise token_refused()
     set_owner(owner)
-    found = set(found_ids)
-    not_found_ids = [sid for sid in ids if sid not in found]
-    payload = f'{{"statuses":{statuses_json},"not_found":{json.dumps(not_found_ids)}}}'
+    # Both parts arrive as JSON text: the ids not found never become Python strings.
+    payload = f'{{"statuses":{statuses_json},"not_found":{not_found_json}}}'
     return Response(payload, media_type="application/json")
 
 
