@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import functools
 import json
+import logging
 import os
 import random
 import statistics
@@ -35,7 +36,9 @@ from bench.common import (
     server_process,
     write_report,
 )
+from sessionflow.logs import enter_request, leave_request, make_handler, set_owner
 from sessionflow.queries import Q
+from sessionflow.server.requests import log_access
 from sessionflow.tokens import hash_token
 
 OWNER = "bench"
@@ -193,6 +196,31 @@ async def run_phase(make_client, clients: int, seconds: float, meter: CpuMeter) 
     }
 
 
+def access_line_cpu_us(folder: Path, lines: int = 20_000) -> float:
+    """CPU time of one access line, written as `serve` writes it (its text format, to a file),
+    with nothing else around it: the line's cost is a few per cent of a request's CPU, far
+    below what turning it off and on moves req/s or CPU per request by between rounds here."""
+    logger = logging.getLogger("sessionflow.access")
+    scope = {"type": "http", "method": "POST", "path": "/api/sessions/batch-status"}
+    with (folder / "access.log").open("w") as stream:
+        handler = make_handler("text", stream)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        context = enter_request("bench-request-id")
+        set_owner(OWNER)
+        try:
+            started = time.process_time()
+            for _ in range(lines):
+                log_access(scope, 200, time.perf_counter(), "bench-request-id")
+            return (time.process_time() - started) * 1e6 / lines
+        finally:
+            leave_request(context)
+            logger.removeHandler(handler)
+            logger.propagate = True
+            logger.setLevel(logging.NOTSET)
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
@@ -214,6 +242,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         token = make_token(dsn, OWNER)
         id_batches = [pick_ids(rng, args.sessions, 500) for _ in range(200)]
         bodies = [json.dumps({"session_ids": ids}).encode() for ids in id_batches]
+        # The query takes distinct ids: the endpoint de-duplicates what it is asked.
+        distinct_batches = [list(dict.fromkeys(ids)) for ids in id_batches]
         # Rounds interleave the floor and every variant, so that a neighbour's load on this
         # shared machine falls on all of them alike; the medians are reported.
         monitor = psycopg.connect(dsn, autocommit=True)
@@ -228,7 +258,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 runs["floor_psycopg"].append(
                     await run_phase(
                         lambda n, stop, lat, conns=conns: floor_client(
-                            conns[n], token, id_batches, stop, lat
+                            conns[n], token, distinct_batches, stop, lat
                         ),
                         args.clients,
                         args.seconds,
@@ -252,6 +282,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     )
         monitor.close()
         loads.append(loadavg())
+        line_us = statistics.median(access_line_cpu_us(Path(tmp)) for _ in range(3))
     medians = {name: median_of(results) for name, results in runs.items()}
     endpoint, quiet, floor = (
         medians["endpoint"],
@@ -272,6 +303,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_rps": floor["rps"] / endpoint["rps"],
         "access_log_cost_rps": quiet["rps"] / endpoint["rps"],
         "access_log_cost_cpu": endpoint["server_cpu_ms"] / quiet["server_cpu_ms"],
+        "access_line_cpu_us": line_us,
+        "access_line_share_of_server_cpu": line_us / 1000 / endpoint["server_cpu_ms"],
     }
     if "baseline_code" in medians:
         before = medians["baseline_code"]
@@ -338,6 +371,10 @@ def main() -> None:
     print(f"\naccess log cost (req/s off / on): {report['access_log_cost_rps']:.3f}x")
     print(
         f"access log cost (server CPU per request on / off): {report['access_log_cost_cpu']:.3f}x"
+    )
+    print(
+        f"one access line, alone: {report['access_line_cpu_us']:.1f} µs of CPU, "
+        f"{report['access_line_share_of_server_cpu']:.1%} of the server's CPU per request"
     )
     print(f"loadavg per round: {report['loadavg']}")
     print(f"written to {write_report('batch_status', report)}")
