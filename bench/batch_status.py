@@ -6,7 +6,7 @@ of them unknown) over keep-alive connections to a real `sessionflow serve` proce
 runs by default (access log on), and again with SESSIONFLOW_ACCESS_LOG=false to price that line.
 
     uv run python -m bench.batch_status [--sessions 100000] [--clients 16] [--seconds 10]
-                                        [--rounds 3] [--baseline /path/to/other/checkout]
+                                        [--rounds 3] [--baseline /path/to/other/checkout ...]
 """
 
 from __future__ import annotations
@@ -221,6 +221,11 @@ def access_line_cpu_us(folder: Path, lines: int = 20_000) -> float:
             logger.setLevel(logging.NOTSET)
 
 
+def baseline_key(n: int) -> str:
+    """The report's key for the n-th --baseline (the first keeps the name it always had)."""
+    return "baseline_code" if n == 0 else f"baseline_code_{n + 1}"
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
@@ -233,8 +238,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "endpoint": {},
         "endpoint_no_access_log": {"SESSIONFLOW_ACCESS_LOG": "false"},
     }
-    if args.baseline:
-        variants["baseline_code"] = {"PYTHONPATH": args.baseline}
+    for n, folder in enumerate(args.baseline):
+        variants[baseline_key(n)] = {"PYTHONPATH": folder}
     runs: dict[str, list[dict[str, float]]] = {"floor_psycopg": [], **{v: [] for v in variants}}
     loads: list[list[str]] = []
     with bench_database("sessionflow_bench_batch") as dsn, tempfile.TemporaryDirectory() as tmp:
@@ -306,8 +311,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "access_line_cpu_us": line_us,
         "access_line_share_of_server_cpu": line_us / 1000 / endpoint["server_cpu_ms"],
     }
-    if "baseline_code" in medians:
-        before = medians["baseline_code"]
+    report["baselines"] = args.baseline
+    if args.baseline:
+        before = medians[baseline_key(0)]
         report["baseline_ratio_p50"] = before["p50_ms"] / floor["p50_ms"]
         report["baseline_ratio_rps"] = floor["rps"] / before["rps"]
     return report
@@ -323,11 +329,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
         "--baseline",
-        help="a checkout of another version (its folder): its server runs in the same rounds",
+        action="append",
+        default=[],
+        help="a checkout of another version (its folder): its server runs in the same rounds; "
+        "give it again for more versions",
     )
     args = parser.parse_args()
-    if args.baseline:
-        args.baseline = os.path.abspath(args.baseline)
+    args.baseline = [os.path.abspath(folder) for folder in args.baseline]
     report = asyncio.run(main_async(args))
     f = report["floor_psycopg"]
 
@@ -360,8 +368,8 @@ def main() -> None:
         line("endpoint (HTTP)", "endpoint"),
         line("  access log off", "endpoint_no_access_log"),
     ]
-    if "baseline_code" in report:
-        rows.append(line(f"  {args.baseline}", "baseline_code"))
+    for n, folder in enumerate(args.baseline):
+        rows.append(line(f"  {folder}", baseline_key(n)))
     rows.append(line("floor (psycopg)", "floor_psycopg"))
     print_table(
         f"batch-status: {args.sessions} sessions, {args.clients} clients, 500 ids/request, "
