@@ -103,7 +103,7 @@ async def http_client(
 async def floor_client(
     conn: psycopg.AsyncConnection[Any],
     token: str,
-    id_batches: list[list[str]],
+    asked_bodies: list[str],
     stop_at: float,
     latencies: list[float],
 ) -> None:
@@ -112,11 +112,11 @@ async def floor_client(
     token_hash = hash_token(token)
     i = 0
     while time.perf_counter() < stop_at:
-        ids = id_batches[i % len(id_batches)]
+        asked = asked_bodies[i % len(asked_bodies)]
         i += 1
         started = time.perf_counter()
         cur = await conn.execute(
-            Q.batch_status, {"token_hash": token_hash, "ids": json.dumps(ids)}, prepare=True
+            Q.batch_status, {"token_hash": token_hash, "body": asked}, prepare=True
         )
         await cur.fetchall()
         latencies.append(time.perf_counter() - started)
@@ -247,8 +247,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         token = make_token(dsn, OWNER)
         id_batches = [pick_ids(rng, args.sessions, 500) for _ in range(200)]
         bodies = [json.dumps({"session_ids": ids}).encode() for ids in id_batches]
-        # The query takes distinct ids: the endpoint de-duplicates what it is asked.
-        distinct_batches = [list(dict.fromkeys(ids)) for ids in id_batches]
+        # The query takes a body of distinct ids: the endpoint de-duplicates what it is asked.
+        distinct_bodies = [
+            json.dumps({"session_ids": list(dict.fromkeys(ids))}) for ids in id_batches
+        ]
         # Rounds interleave the floor and every variant, so that a neighbour's load on this
         # shared machine falls on all of them alike; the medians are reported.
         monitor = psycopg.connect(dsn, autocommit=True)
@@ -263,7 +265,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 runs["floor_psycopg"].append(
                     await run_phase(
                         lambda n, stop, lat, conns=conns: floor_client(
-                            conns[n], token, distinct_batches, stop, lat
+                            conns[n], token, distinct_bodies, stop, lat
                         ),
                         args.clients,
                         args.seconds,

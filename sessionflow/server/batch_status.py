@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from sessionflow.logs import set_owner
 from sessionflow.protocol import BatchStatusRequest, lookup_id_problem
 from sessionflow.queries import Q
-from sessionflow.server.bodies import read_json
+from sessionflow.server.bodies import read_json_as_sent
 from sessionflow.server.deps import AppState, owner_of_token, request_token, token_refused
 from sessionflow.server.errors import ApiError, bad_request, error_response, is_unexpected
 from sessionflow.tokens import hash_token
@@ -36,7 +36,9 @@ async def answer(request: Request, state: AppState) -> Response:
     settings = state.settings
     token = request_token(request)
     try:
-        body = await read_json(request, BatchStatusRequest, settings.max_json_body_bytes)
+        body, raw = await read_json_as_sent(
+            request, BatchStatusRequest, settings.max_json_body_bytes
+        )
         ids = list(dict.fromkeys(body.session_ids))  # duplicates are answered once, in order
         if len(body.session_ids) > settings.max_batch_ids:
             raise bad_request(
@@ -54,11 +56,13 @@ async def answer(request: Request, state: AppState) -> Response:
         if await owner_of_token(state.pool, token) is None:
             raise token_refused() from None
         raise
+    # The query reads the ids from a body such as the client sends. When no id is repeated,
+    # that is the client's own, valid JSON and read alike by PostgreSQL (the last of repeated
+    # keys counts, as for pydantic): encoding 500 ids again cost a tenth of the request's CPU.
+    asked = raw.decode() if len(ids) == len(body.session_ids) else json.dumps({"session_ids": ids})
     async with state.pool.connection() as conn:
         cur = await conn.execute(
-            Q.batch_status,
-            {"token_hash": hash_token(token), "ids": json.dumps(ids)},
-            prepare=True,
+            Q.batch_status, {"token_hash": hash_token(token), "body": asked}, prepare=True
         )
         row = await cur.fetchone()
     assert row is not None  # an aggregate always answers one row

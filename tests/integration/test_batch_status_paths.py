@@ -163,3 +163,40 @@ def test_batch_status_ahead_of_fastapi_leaves_other_methods_to_fastapi(
             )
             assert ahead == routed_answer, (method, headers)
             assert ahead[0] in (400, 401, 404, 405), (method, headers)
+
+
+@pytest.mark.parametrize(
+    ("body", "found", "not_found"),
+    [
+        # Escapes, non-ASCII and layout, no id twice: PostgreSQL reads the body as sent.
+        (
+            '{ "session_ids" : [ "\\u0073\\u0031", "s\\/x", "\u00e9", "\\ud83d\\ude00",\n'
+            '  "tab\\there", "quote\\"d", "back\\\\slash", "\u65e5\u672c" ] }',
+            ["s1"],
+            ["s/x", "\u00e9", "\U0001f600", "tab\there", 'quote"d', "back\\slash", "\u65e5\u672c"],
+        ),
+        # The same id twice, once escaped: the server sends its own body of distinct ids.
+        ('{"session_ids": ["\u00e9", "s1", "\\u00e9", "\\u0073\\u0031"]}', ["s1"], ["\u00e9"]),
+        # A key repeated: the last one counts, for PostgreSQL as for the server's validation.
+        ('{"session_ids": ["nope"], "session_ids": ["x", "s1"]}', ["s1"], ["x"]),
+    ],
+)
+async def test_batch_status_reads_ids_as_sent_like_its_validation(
+    api: httpx.AsyncClient,
+    make_token: Callable[[str], str],
+    body: str,
+    found: list[str],
+    not_found: list[str],
+) -> None:
+    token = make_token("alice")
+    content = b'{"type":"user","sessionId":"s1"}\n'
+    uploaded = await api.put(
+        "/api/sessions/s1/transcript",
+        content=content,
+        headers={**auth(token), "X-Content-SHA256": hashlib.sha256(content).hexdigest()},
+    )
+    assert uploaded.status_code == 200
+    response = await api.post(URL, content=body.encode(), headers=auth(token))
+    assert response.status_code == 200, response.text
+    assert list(response.json()["statuses"]) == found
+    assert response.json()["not_found"] == not_found
