@@ -103,30 +103,28 @@ async def pending_migrations(pool: AsyncConnectionPool, wait: float = 2.0) -> li
     return [m.name for m in migrations() if m.name not in done]
 
 
-# A connection handed out less than this ago was answering a moment ago: it is handed out
-# again without the check's round trip (which doubled the queries of a batch-status poll).
-# One not handed out for longer (idle across a database restart, say) is checked, as any
-# connection was before.
+# A connection back in the pool for less than this was answering a moment ago: it is handed
+# out again without the check's round trip (which doubled the queries of a batch-status poll).
+# One idle longer (after a database restart, say) is checked, as any connection was before.
 FRESH_SECONDS = 1.0
 
 
 class _FreshCheck:
-    """The pool's check callback: it asks the server (an empty query) only about a connection
-    last handed out more than FRESH_SECONDS ago, or that psycopg already knows to be broken.
-    The time is stamped as a connection goes out, not as it comes back: a reset callback to
-    stamp returns would make the pool return every connection through its worker task, a
-    queue and a task switch per request for nothing (one held long is merely checked)."""
+    """The pool's check and reset callbacks: reset stamps each connection as it comes back;
+    check asks the server (an empty query) only about one that has been idle for longer than
+    FRESH_SECONDS, or that psycopg already knows to be broken."""
 
     def __init__(self) -> None:
-        self._handed_out: weakref.WeakKeyDictionary[psycopg.AsyncConnection[object], float] = (
+        self._returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[object], float] = (
             weakref.WeakKeyDictionary()
         )
 
+    async def reset(self, conn: psycopg.AsyncConnection[object]) -> None:
+        self._returned[conn] = time.monotonic()
+
     async def check(self, conn: psycopg.AsyncConnection[object]) -> None:
-        now = time.monotonic()
-        last = self._handed_out.get(conn)
-        self._handed_out[conn] = now
-        if last is not None and not conn.broken and now - last < FRESH_SECONDS:
+        returned = self._returned.pop(conn, None)
+        if returned is not None and not conn.broken and time.monotonic() - returned < FRESH_SECONDS:
             return
         await AsyncConnectionPool.check_connection(conn)
 
@@ -154,6 +152,7 @@ def make_pool(
         open=False,
         kwargs={"autocommit": True, "prepare_threshold": 5 if prepare else None},
         check=fresh.check,
+        reset=fresh.reset,
         name=name,
     )
 
