@@ -275,7 +275,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 for conn in conns:
                     await conn.close()
-            for name, env in variants.items():
+            # Each round starts from another variant, so that none always runs first (after the
+            # floor) or last, when the machine's load has risen most.
+            order = list(variants.items())
+            for name, env in order[n % len(order) :] + order[: n % len(order)]:
                 with server_process(dsn, Path(tmp), "--no-worker", env=env) as (url, proc):
                     host, port = url.removeprefix("http://").split(":")
                     client = functools.partial(http_client, host, int(port), token, bodies)
