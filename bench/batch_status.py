@@ -198,8 +198,9 @@ async def run_phase(make_client, clients: int, seconds: float, meter: CpuMeter) 
 
 def access_line_cpu_us(folder: Path, lines: int = 20_000) -> float:
     """CPU time of one access line, written as `serve` writes it (its text format, to a file),
-    with nothing else around it: the line's cost is a few per cent of a request's CPU, far
-    below what turning it off and on moves req/s or CPU per request by between rounds here."""
+    with nothing else around it: the line's own cost, warm in a loop. Inside the server, run
+    once between requests, it costs more (the on/off phases' difference in server CPU per
+    request); both are reported, as neither alone is the whole story."""
     logger = logging.getLogger("sessionflow.access")
     scope = {"type": "http", "method": "POST", "path": "/api/sessions/batch-status"}
     with (folder / "access.log").open("w") as stream:
