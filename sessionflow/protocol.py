@@ -147,6 +147,10 @@ class ErrorBody(BaseModel):
 
 
 class BatchStatusRequest(_Strict):
+    # Its 500 ids are rarely seen twice: caching them as pydantic does every string by default
+    # cost the hot path more than it saved (a third of this body's validation).
+    model_config = ConfigDict(cache_strings="keys")
+
     session_ids: list[LookupId] = Field(min_length=1)
 
 

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sessionflow.db import connections, listen_impossible, make_pool, migrate, worker_pool_size
 from sessionflow.metrics import Metrics
+from sessionflow.server.batch_status import BATCH_STATUS_PATH, batch_status_app
 from sessionflow.server.deps import AppState
 from sessionflow.server.errors import install_error_handlers
 from sessionflow.server.live import LiveHub
@@ -27,19 +28,28 @@ log = logging.getLogger(__name__)
 
 
 class App(FastAPI):
-    """The API. The live stream's WebSocket (when served) is dispatched here, ahead of FastAPI's
-    routing and middleware: each of their frames, exit stacks and wrappers would live as long
-    as the connection, which is what 10,000 watchers multiply. It keeps the request id and
-    the access line (RequestContextMiddleware), and needs nothing else of them: it answers
-    its own refusals and errors."""
+    """The API. Two routes are dispatched here, ahead of FastAPI's routing and middleware, each
+    keeping the request id and the access line (RequestContextMiddleware) and needing nothing
+    else of them, as they answer their own refusals and errors:
+    - the live stream's WebSocket (when served): each of FastAPI's frames, exit stacks and
+      wrappers would live as long as the connection, which is what 10,000 watchers multiply;
+    - POST batch-status, the polling hot path: FastAPI's layers cost it more CPU per request
+      than the rest of its Python (sessionflow.server.batch_status)."""
 
     live_stream: ASGIApp | None = None
+    batch_status: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        live_stream = self.live_stream
-        if live_stream is not None and scope["type"] == "websocket" and scope["path"] == WATCH_PATH:
+        kind, path = scope["type"], scope.get("path")
+        if path == BATCH_STATUS_PATH and kind == "http" and scope["method"] == "POST":
+            lean = self.batch_status
+        elif path == WATCH_PATH and kind == "websocket":
+            lean = self.live_stream
+        else:
+            lean = None
+        if lean is not None:
             scope["app"] = self
-            await live_stream(scope, receive, send)
+            await lean(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
@@ -138,6 +148,7 @@ def create_app(
         app.include_router(metrics_route.router)
     app.include_router(sessions.router)
     app.include_router(files.router)
+    app.batch_status = RequestContextMiddleware(batch_status_app, access_log=settings.access_log)
     if live:
         app.live_stream = RequestContextMiddleware(
             watch.watch_endpoint, access_log=settings.access_log

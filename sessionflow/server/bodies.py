@@ -59,6 +59,11 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, model: type[M], limit: int) -> M:
+    return (await read_json_as_sent(request, model, limit))[0]
+
+
+async def read_json_as_sent(request: Request, model: type[M], limit: int) -> tuple[M, bytes]:
+    """The body validated as model, and its bytes as they came (valid JSON then)."""
     # The body is parsed as JSON whatever Content-Type says: a wrong header on a valid body
     # is not worth refusing, and an invalid body is a 400 either way.
     if request.headers.get("content-encoding", "identity").lower() != "identity":
@@ -67,6 +72,6 @@ async def read_json(request: Request, model: type[M], limit: int) -> M:
     if not raw:
         raise bad_request("the request body is empty; send a JSON object")
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate_json(raw), raw
     except ValidationError as exc:
         raise bad_request(describe_validation_errors(list(exc.errors()))) from None

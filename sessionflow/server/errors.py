@@ -71,22 +71,19 @@ _HTTP_CODES = {
 }
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
+def error_response(exc: Exception) -> JSONResponse:
+    """The answer to an exception a request raised, in the one error shape. Both FastAPI's
+    exception handlers (install_error_handlers) and the routes dispatched ahead of FastAPI
+    (sessionflow.server.batch_status) answer with it, so that each error reads the same
+    whichever way a request went. Anything not named here is a 500."""
+    if isinstance(exc, ApiError):
         return _json(exc.status, exc.error, exc.detail, exc.headers)
-
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError | ValidationError)
+    if isinstance(exc, RequestValidationError | ValidationError):
         return _json(400, "invalid_request", describe_validation_errors(list(exc.errors())))
-
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "error")
         return _json(exc.status_code, code, str(exc.detail), exc.headers)
-
-    async def pool_timeout(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, PoolTimeout)
+    if isinstance(exc, PoolTimeout):
         log.warning("no database connection came free in time: %s", first_line(exc))
         return _json(
             503,
@@ -94,9 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
             "the server is busy: no database connection came free in time; try again shortly",
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-
-    async def database_down(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, psycopg.OperationalError)
+    if isinstance(exc, psycopg.OperationalError):
         log.warning("the database did not answer: %s", first_line(exc))
         return _json(
             503,
@@ -104,15 +99,36 @@ def install_error_handlers(app: FastAPI) -> None:
             "the database is not answering; try again shortly",
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+    return _json(500, "internal", "the server hit an unexpected error; its log says more")
 
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # Starlette logs the exception with its traceback after this answer is sent.
-        return _json(500, "internal", "the server hit an unexpected error; its log says more")
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(ValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(PoolTimeout, pool_timeout)
-    app.add_exception_handler(psycopg.OperationalError, database_down)
-    app.add_exception_handler(Exception, unexpected)
+def is_unexpected(exc: Exception) -> bool:
+    """Whether error_response(exc) is the 500 of an error nobody foresaw: it is logged with
+    its traceback, after the answer is sent."""
+    return not isinstance(
+        exc,
+        ApiError
+        | RequestValidationError
+        | ValidationError
+        | StarletteHTTPException
+        | PoolTimeout
+        | psycopg.OperationalError,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        # For Exception itself, Starlette logs the exception with its traceback after this
+        # answer is sent.
+        return error_response(exc)
+
+    for kind in (
+        ApiError,
+        RequestValidationError,
+        ValidationError,
+        StarletteHTTPException,
+        PoolTimeout,
+        psycopg.OperationalError,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handle)

@@ -66,11 +66,11 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.access_log:
-                _log_access(scope, status, started, request_id)
+                log_access(scope, status, started, request_id)
             leave_request(token)
 
 
-def _log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
+def log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
     context = current_request()
     owner = context.owner if context else None
     duration_ms = round((time.perf_counter() - started) * 1000, 2)

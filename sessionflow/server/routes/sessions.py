@@ -11,7 +11,6 @@ from fastapi import APIRouter, Query, Request, Response
 from psycopg.types.json import Jsonb
 from pydantic import BeforeValidator
 
-from sessionflow.logs import set_owner
 from sessionflow.protocol import (
     DEFAULT_LIST_PAGE,
     MAX_FILE_NAME_LENGTH,
@@ -28,19 +27,18 @@ from sessionflow.protocol import (
     SessionListPage,
     UploadResponse,
     is_valid_session_id,
-    lookup_id_problem,
     nul_path,
     session_digest,
 )
 from sessionflow.queries import Q
+from sessionflow.server.batch_status import answer as batch_status_answer
 from sessionflow.server.bodies import documented_body, read_json
-from sessionflow.server.deps import Owner, State, owner_of_token, request_token, token_refused
+from sessionflow.server.deps import Owner, State
 from sessionflow.server.errors import ApiError, bad_request, not_found
 from sessionflow.server.listing import decode_cursor, encode_cursor, iso_time_only, listing
 from sessionflow.server.uploads import TRANSCRIPT_BODY, store_upload
 from sessionflow.settings import Settings
 from sessionflow.storage import transcript_key
-from sessionflow.tokens import hash_token
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
@@ -330,44 +328,9 @@ async def get_session(session_id: str, state: State, owner: Owner) -> SessionDet
 )
 async def batch_status(request: Request, state: State) -> Response:
     """The polling contract: the state of up to 500 of the caller's sessions in one query,
-    which checks the caller's token too (the hot path: one round trip, not two)."""
-    settings = state.settings
-    token = request_token(request)
-    try:
-        body = await read_json(request, BatchStatusRequest, settings.max_json_body_bytes)
-        ids = list(dict.fromkeys(body.session_ids))  # duplicates are answered once, in order
-        if len(body.session_ids) > settings.max_batch_ids:
-            raise bad_request(
-                f"{len(body.session_ids)} session ids in one request; send 1 to "
-                f"{settings.max_batch_ids}"
-            )
-        # Checked all at once (in C); one by one only to say which id is wrong.
-        if max(map(len, ids)) > settings.max_id_length or "\x00" in "".join(ids):
-            for session_id in ids:
-                problem = lookup_id_problem(session_id, settings.max_id_length)
-                if problem is not None:
-                    raise bad_request(f"session id {session_id[:40]!r}... {problem}")
-    except ApiError:
-        # As on every route, a refused token is refused whatever the body.
-        if await owner_of_token(state.pool, token) is None:
-            raise token_refused() from None
-        raise
-    async with state.pool.connection() as conn:
-        cur = await conn.execute(
-            Q.batch_status,
-            {"token_hash": hash_token(token), "ids": json.dumps(ids)},
-            prepare=True,
-        )
-        row = await cur.fetchone()
-    assert row is not None  # an aggregate always answers one row
-    owner, statuses_json, found_ids = row
-    if owner is None:
-        raise token_refused()
-    set_owner(owner)
-    found = set(found_ids)
-    not_found_ids = [sid for sid in ids if sid not in found]
-    payload = f'{{"statuses":{statuses_json},"not_found":{json.dumps(not_found_ids)}}}'
-    return Response(payload, media_type="application/json")
+    which checks the caller's token too. `sessionflow serve` answers it ahead of FastAPI
+    (sessionflow.server.batch_status); this declaration documents it, and answers alike."""
+    return await batch_status_answer(request, state)
 
 
 def summary_skipped(detail: SessionDetail, min_user_prompts: int) -> str | None:
