@@ -11,6 +11,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -65,6 +66,17 @@ class RequestContextFilter(logging.Filter):
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's own time text, with the part down to the second made once a second
+        rather than for each line (a busy server writes hundreds of access lines a second)."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return f"{self._second[1]},{int(record.msecs):03d}"  # logging's '%s,%03d'
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -106,6 +118,13 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     """The logging of a sessionflow process (`serve`, `worker`): one handler on the root
     logger, which uvicorn's loggers reach too (the server starts uvicorn without its own
     logging config)."""
+    # What no line of ours shows, logging need not work out for each record (the logging
+    # documentation's own advice for speed): the calling function's file and line, and the
+    # thread's, process's and multiprocessing process's names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

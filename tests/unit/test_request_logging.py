@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from sessionflow.logs import make_handler, set_owner
+from sessionflow.logs import TEXT_FORMAT, TextFormatter, make_handler, set_owner
 from sessionflow.server.requests import RequestContextMiddleware
 
 app_log = logging.getLogger("tests.request_logging")
@@ -144,3 +144,13 @@ async def test_with_the_access_log_off_requests_keep_their_id_but_write_no_acces
     (inside,) = records(captured)
     assert inside["message"] == "handling /work"
     assert inside["request_id"] == "r-1"
+
+
+def test_text_lines_carry_the_time_exactly_as_logging_writes_it() -> None:
+    # TextFormatter makes the time's text once a second; each line must still read as
+    # logging's own formatter writes it, across second boundaries and back in time.
+    ours, theirs = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    for created in (1.0, 1.9996, 2.0, 2.5, 1_796_037_534.123, 1_796_037_534.999, 1.5, 59.001):
+        record = logging.LogRecord("sessionflow.access", logging.INFO, "", 0, "x", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record), created
