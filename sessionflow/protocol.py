@@ -99,6 +99,24 @@ def is_valid_session_id(value: str, max_length: int = MAX_ID_LENGTH) -> bool:
     return 0 < len(value) <= max_length and _SESSION_ID_RE.fullmatch(value) is not None
 
 
+def lifecycle_states(values: Sequence[str]) -> list[str]:
+    """The lifecycle states a list filter names (`state=` of GET /api/sessions, `list --state`):
+    each value one name, or several separated by commas, in any case; each once, in the order
+    given. ValueError, in words, for a name that is no state or a value that names none."""
+    known = [state.value for state in Lifecycle]
+    chosen: list[str] = []
+    for value in values:
+        names = [name.strip().lower() for name in value.split(",")]
+        if not any(names):  # `state=`: a filter that names nothing is a mistake, not "all"
+            raise ValueError(f"the state filter names no state; use one of {', '.join(known)}")
+        for name in filter(None, names):
+            if name not in known:
+                raise ValueError(f"{name[:40]!r} is not a state; use one of {', '.join(known)}")
+            if name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
 def lookup_id_problem(value: str, max_length: int = MAX_ID_LENGTH) -> str | None:
     """Why an id asked about (batch-status, watch) cannot be looked up, or None if it can.
     Any other string is simply not found; NUL is refused because PostgreSQL text cannot

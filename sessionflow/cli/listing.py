@@ -20,7 +20,7 @@ from sessionflow.cli import options
 from sessionflow.cli.sessions import run_command
 from sessionflow.client.http import ApiError, SessionflowClient
 from sessionflow.limits import default
-from sessionflow.protocol import Lifecycle, SessionListItem, SessionListPage
+from sessionflow.protocol import Lifecycle, SessionListItem, SessionListPage, lifecycle_states
 
 STATES = [state.value for state in Lifecycle]
 # Asked a page at a time, at most what a server allows by default.
@@ -57,18 +57,10 @@ def parse_since(value: str | None) -> datetime | None:
 
 
 def _states(values: list[str] | None) -> list[str]:
-    chosen: list[str] = []
-    for value in values or []:
-        names = [name.strip().lower() for name in value.split(",")]
-        if not any(names):
-            raise typer.BadParameter(f"name a state: one of {', '.join(STATES)}")
-        for name in names:
-            if not name:
-                continue
-            if name not in STATES:
-                raise typer.BadParameter(f"{name!r} is not a state; use one of {', '.join(STATES)}")
-            chosen.append(name)
-    return list(dict.fromkeys(chosen))
+    try:
+        return lifecycle_states(values or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _since_option(value: str | None) -> str | None:

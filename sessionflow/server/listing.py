@@ -16,7 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sessionflow.protocol import MAX_FILE_NAME_LENGTH, Lifecycle, lookup_id_problem
+from sessionflow.protocol import (
+    MAX_FILE_NAME_LENGTH,
+    Lifecycle,
+    lifecycle_states,
+    lookup_id_problem,
+)
 from sessionflow.server.errors import ApiError, bad_request
 
 # The longest cursor this server makes: an id of max_id_length characters, each escaped in
@@ -83,23 +88,10 @@ def listing(
         project = project.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or None
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)  # a time without an offset is UTC
-    chosen: list[str] = []
-    for value in states:
-        names = [name.strip().lower() for name in value.split(",")]
-        if not any(names):  # `state=`: a filter that names nothing is a mistake, not "all"
-            raise bad_request(f"state names no state; use one of {', '.join(ALL_STATES)}")
-        for name in names:
-            if not name:
-                continue
-            if name not in ALL_STATES:
-                raise ApiError(
-                    400,
-                    "invalid_request",
-                    f"state {name[:40]!r} is not a lifecycle state; use one of "
-                    f"{', '.join(ALL_STATES)}",
-                )
-            if name not in chosen:
-                chosen.append(name)
+    try:
+        chosen = lifecycle_states(states)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
     return Listing(owner, project, since, sorted(chosen) or ALL_STATES)
 
 

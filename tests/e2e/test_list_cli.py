@@ -218,7 +218,7 @@ def test_list_project_dot_is_the_current_directorys_project(
         (["--since", "last tuesday"], "is not a time: give an age (30m, 12h, 7d, 2w)"),
         (["--since", "7x"], "is not a time"),
         (["--state", "done"], "'done' is not a state; use one of queued"),
-        (["--state", ""], "name a state: one of queued"),
+        (["--state", ""], "names no state; use one of queued"),
         (["--limit", "-1"], "--limit"),
     ],
 )
