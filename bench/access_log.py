@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -28,7 +27,7 @@ from typing import Any
 import psutil
 import uvloop
 
-from bench.batch_status import OWNER, load_sessions, pick_ids
+from bench.batch_status import OWNER, cpu_seconds, load_sessions, pick_ids
 from bench.common import bench_database, make_token, print_table, write_report
 from bench.worker import postmaster_pid
 from sessionflow.logs import configure_logging
@@ -38,18 +37,6 @@ from sessionflow.server.requests import RequestContextMiddleware
 from sessionflow.settings import Settings
 
 CONCURRENCY = 16
-
-
-def _postgres_cpu(postmaster: int | None) -> float:
-    if postmaster is None:
-        return 0.0
-    seconds = 0.0
-    root = psutil.Process(postmaster)
-    for process in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            seconds += times.user + times.system
-    return seconds
 
 
 async def _drive(app: Any, token: str, bodies: list[bytes], count: int) -> None:
@@ -108,6 +95,8 @@ async def _measure(
     middleware = app.batch_status
     assert isinstance(middleware, RequestContextMiddleware)
     postmaster = postmaster_pid(dsn)
+    assert postmaster is not None, "the bench database must run on this machine"
+    postgres = psutil.Process(postmaster)
     samples: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     async with app.router.lifespan_context(app):
         await _drive(app, token, bodies, requests // 5)  # warm: pool, prepared statements
@@ -115,12 +104,12 @@ async def _measure(
             # Each round measures both, in turn starting with one or the other.
             for variant in ("on", "off") if n % 2 == 0 else ("off", "on"):
                 middleware.access_log = variant == "on"
-                cpu, pg = time.process_time(), _postgres_cpu(postmaster)
+                cpu, pg = time.process_time(), cpu_seconds(postgres)
                 await _drive(app, token, bodies, requests)
                 samples[variant].append(
                     (
                         (time.process_time() - cpu) / requests,
-                        (_postgres_cpu(postmaster) - pg) / requests,
+                        (cpu_seconds(postgres) - pg) / requests,
                     )
                 )
     return samples

@@ -71,6 +71,17 @@ _HTTP_CODES = {
 }
 
 
+# The errors error_response answers in words of their own; anything else is a 500.
+_FORESEEN = (
+    ApiError,
+    RequestValidationError,
+    ValidationError,
+    StarletteHTTPException,
+    PoolTimeout,
+    psycopg.OperationalError,
+)
+
+
 def error_response(exc: Exception) -> JSONResponse:
     """The answer to an exception a request raised, in the one error shape. Both FastAPI's
     exception handlers (install_error_handlers) and the routes dispatched ahead of FastAPI
@@ -105,15 +116,7 @@ def error_response(exc: Exception) -> JSONResponse:
 def is_unexpected(exc: Exception) -> bool:
     """Whether error_response(exc) is the 500 of an error nobody foresaw: it is logged with
     its traceback, after the answer is sent."""
-    return not isinstance(
-        exc,
-        ApiError
-        | RequestValidationError
-        | ValidationError
-        | StarletteHTTPException
-        | PoolTimeout
-        | psycopg.OperationalError,
-    )
+    return not isinstance(exc, _FORESEEN)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -122,13 +125,5 @@ def install_error_handlers(app: FastAPI) -> None:
         # answer is sent.
         return error_response(exc)
 
-    for kind in (
-        ApiError,
-        RequestValidationError,
-        ValidationError,
-        StarletteHTTPException,
-        PoolTimeout,
-        psycopg.OperationalError,
-        Exception,
-    ):
+    for kind in (*_FORESEEN, Exception):
         app.add_exception_handler(kind, handle)

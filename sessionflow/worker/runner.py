@@ -141,8 +141,8 @@ class Worker:
         self._slot_free.set()
         # While the queue is deep (the last claim got all it asked for), the claim loop waits
         # until the jobs held fall to this many before it claims again: one claim then takes
-        # several jobs, and their stage writes share statements (worker/commits.py), instead
-        # of a claim and a statement per session. Enough stay held to keep the parsers busy
+        # several jobs, and their stage writes share commits (worker/commits.py), instead of
+        # a claim and a commit per session. Enough stay held to keep the parsers busy
         # meanwhile. With concurrency 1 or 2 it claims as soon as a slot frees.
         self._refill_at = min(self.concurrency - 1, max(self.parsers.size, self.concurrency // 2))
         self._deep = False
@@ -290,9 +290,8 @@ class Worker:
                 self.metrics.pickup_latency.observe(job.waited_seconds)
                 self._launch(job)
             self._deep = len(jobs) == free
+            self._gate_claims()
             if self._deep:
-                if len(self._running) > self._refill_at:
-                    self._slot_free.clear()
                 continue  # there may be more: claim again once enough slots are free
             if await self._requeue_outdated(free - len(jobs)):
                 continue  # background work for the free slots: claim it now
@@ -320,7 +319,16 @@ class Worker:
     def _launch(self, job: Job) -> None:
         task = asyncio.create_task(self._handle(job), name=f"job {job}")
         self._running[job.lease] = _Running(job, task)
-        if len(self._running) >= self.concurrency:
+        self._gate_claims()
+
+    def _gate_claims(self) -> None:
+        """Let the claim loop claim (the _slot_free event) while a slot is free, or, while the
+        queue is deep, once the jobs held have fallen to _refill_at; always when stopping, so
+        that it sees it."""
+        most = self._refill_at if self._deep else self.concurrency - 1
+        if self._stopping or len(self._running) <= most:
+            self._slot_free.set()
+        else:
             self._slot_free.clear()
 
     # -- one job --------------------------------------------------------------------------
@@ -376,8 +384,7 @@ class Worker:
         finally:
             running.cancel.set()  # stops a thread still working for a job given up
             del self._running[job.lease]
-            if not self._deep or len(self._running) <= self._refill_at:
-                self._slot_free.set()
+            self._gate_claims()
 
     async def _fail(self, job: Job, error: str) -> None:
         self.outcomes["failed"] += 1

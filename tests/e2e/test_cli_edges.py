@@ -180,19 +180,28 @@ def test_a_retried_upload_says_it_is_retrying(
     assert "1 transcripts" not in out and "1 sessions" not in out
 
 
+def projects_with(tmp_path: Path, extra: str, *, samples: int, seed: int) -> tuple[Path, Path]:
+    """A projects folder of generated sessions, and an empty project folder `extra` in it."""
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, samples, seed=seed)
+    (folder / extra).mkdir()
+    return folder, folder / extra
+
+
+def backfill_on_a_server(
+    procs: Processes, tmp_path: Path, folder: Path, token: str
+) -> subprocess.CompletedProcess[str]:
+    server = procs.serve()
+    return sessionflow(tmp_path, "backfill", str(folder), "--server", server.url, token=token)
+
+
 def test_files_with_no_transcript_are_one_line_up_front_and_named_under_their_folder_at_the_end(
     procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
 ) -> None:
-    folder = tmp_path / "projects"
-    write_sample_transcripts(folder, 3, seed=8)
-    empty = folder / "-home-someone-empty-files"
-    empty.mkdir()
+    folder, empty = projects_with(tmp_path, "-home-someone-empty-files", samples=3, seed=8)
     for n in range(8):
         (empty / f"00000000-0000-4000-8000-00000000000{n}.jsonl").touch()
-    server = procs.serve()
-    done = sessionflow(
-        tmp_path, "backfill", str(folder), "--server", server.url, token=make_token("a")
-    )
+    done = backfill_on_a_server(procs, tmp_path, folder, make_token("a"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     summary = lines.index(next(line for line in lines if line.startswith("Files: ")))
@@ -210,10 +219,7 @@ def test_files_with_no_transcript_are_one_line_up_front_and_named_under_their_fo
 def test_a_transcript_that_cannot_be_uploaded_is_counted_apart_from_files_with_no_transcript(
     procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
 ) -> None:
-    folder = tmp_path / "projects"
-    write_sample_transcripts(folder, 2, seed=9)
-    odd = folder / "-home-someone-odd"
-    odd.mkdir()
+    folder, odd = projects_with(tmp_path, "-home-someone-odd", samples=2, seed=9)
     (odd / "00000000-0000-4000-8000-000000000000.jsonl").touch()
     sample = next(p for p in folder.rglob("*.jsonl") if p.stat().st_size)
     event = next(
@@ -221,10 +227,7 @@ def test_a_transcript_that_cannot_be_uploaded_is_counted_apart_from_files_with_n
     )
     event.pop("sessionId", None)
     (odd / "no usable id!.jsonl").write_text(json.dumps(event) + "\n")
-    server = procs.serve()
-    done = sessionflow(
-        tmp_path, "backfill", str(folder), "--server", server.url, token=make_token("a")
-    )
+    done = backfill_on_a_server(procs, tmp_path, folder, make_token("a"))
     assert done.returncode == 1, done.stdout  # a transcript found is not on the server
     assert (
         "Skipping 1 file with no conversation to upload and 1 transcript that cannot be "
