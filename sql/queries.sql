@@ -221,75 +221,111 @@ FROM unnest(%(owners)s::text[], %(ids)s::text[], %(leases)s::uuid[]) AS h(owner,
 WHERE j.owner = h.owner AND j.id = h.id AND j.lease_token = h.lease
 RETURNING j.lease_token;
 
--- Every statement below is fenced by the lease token on the sessions row: no row updated (the
--- row count the server reports, nothing returned) means the job is no longer this worker's to
--- finish.
+-- The stage writes below each move a batch of held sessions, one row of the batch per session:
+-- %(batch)s is a JSON array of objects (owner, id, the job's lease, and what the write sets),
+-- one text parameter however many sessions it holds, so the statement's plan never depends on
+-- the batch. Every write is fenced by the lease token on the sessions row: the leases returned
+-- are those of the jobs whose session was still theirs, and a lease missing from the result
+-- means that job is no longer this worker's to finish. %(most)s is the most a batch may hold
+-- (the worker's batch size, the same in every call): it tells the planner how few rows come,
+-- so each is found by its primary key rather than by scanning the table.
 
--- name: job_advance
-UPDATE sessions SET lifecycle = %(lifecycle)s
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+-- name: jobs_advance
+-- Moves each session to a non-terminal lifecycle.
+UPDATE sessions AS s SET lifecycle = b.lifecycle
+FROM (SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+          AS r(owner text, id text, lease uuid, lifecycle text)
+      LIMIT %(most)s) AS b
+WHERE s.owner = b.owner AND s.id = b.id AND s.lease_token = b.lease
+RETURNING b.lease;
 
--- name: job_start_summarizing
-UPDATE sessions
-SET lifecycle = 'summarizing', parse_status = %(parse_status)s, parse_result = %(parse_result)s::jsonb,
-    parser_version = %(parser_version)s, error = NULL
-WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
+-- name: jobs_start_summarizing
+UPDATE sessions AS s
+SET lifecycle = 'summarizing', parse_status = b.parse_status, parse_result = b.parse_result,
+    parser_version = b.parser_version, error = NULL
+FROM (SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+          AS r(owner text, id text, lease uuid, parse_status text, parse_result jsonb,
+               parser_version integer)
+      LIMIT %(most)s) AS b
+WHERE s.owner = b.owner AND s.id = b.id AND s.lease_token = b.lease
+RETURNING b.lease;
 
--- name: job_finish_parsed
+-- name: jobs_finish_parsed
 WITH finished AS (
-    UPDATE sessions
-    SET lifecycle = 'parsed', parse_status = %(parse_status)s,
-        parse_result = %(parse_result)s::jsonb, parser_version = %(parser_version)s,
-        error = NULL, lease_token = NULL
-    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-    RETURNING owner, id
+    UPDATE sessions AS s
+    SET lifecycle = 'parsed', parse_status = b.parse_status, parse_result = b.parse_result,
+        parser_version = b.parser_version, error = NULL, lease_token = NULL
+    FROM (SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+              AS r(owner text, id text, lease uuid, parse_status text, parse_result jsonb,
+                   parser_version integer)
+          LIMIT %(most)s) AS b
+    WHERE s.owner = b.owner AND s.id = b.id AND s.lease_token = b.lease
+    RETURNING s.owner, s.id, b.lease
+), done AS (
+    UPDATE jobs AS j
+    SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id
 )
-UPDATE jobs AS j
-SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id;
+SELECT lease FROM finished;
 
--- name: job_finish_summarized
+-- name: jobs_finish_summarized
 WITH finished AS (
-    UPDATE sessions
-    SET lifecycle = 'summarized', summary = %(summary)s::jsonb, error = NULL, lease_token = NULL
-    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-    RETURNING owner, id
+    UPDATE sessions AS s
+    SET lifecycle = 'summarized', summary = b.summary, error = NULL, lease_token = NULL
+    FROM (SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+              AS r(owner text, id text, lease uuid, summary jsonb)
+          LIMIT %(most)s) AS b
+    WHERE s.owner = b.owner AND s.id = b.id AND s.lease_token = b.lease
+    RETURNING s.owner, s.id, b.lease
+), done AS (
+    UPDATE jobs AS j
+    SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id
 )
-UPDATE jobs AS j
-SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-FROM finished AS f WHERE j.owner = f.owner AND j.id = f.id;
+SELECT lease FROM finished;
 
 -- name: job_parse_result
 SELECT parse_result FROM sessions
 WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s;
 
--- name: job_release
--- Gives a job back for a later attempt: after a transient error (with a backoff and the
--- reason in error), or undone on a graceful stop (refund = 1: that attempt does not count).
+-- name: jobs_release
+-- Gives jobs back for a later attempt: after a transient error (with a backoff and the reason
+-- in error), or undone on a graceful stop (refund = 1: that attempt does not count).
 WITH released AS (
-    UPDATE sessions SET lease_token = NULL, error = coalesce(%(error)s, error)
-    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-    RETURNING owner, id
+    UPDATE sessions AS s SET lease_token = NULL, error = coalesce(b.error, s.error)
+    FROM (SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+              AS r(owner text, id text, lease uuid, error text, delay_seconds float8,
+                   refund integer)
+          LIMIT %(most)s) AS b
+    WHERE s.owner = b.owner AND s.id = b.id AND s.lease_token = b.lease
+    RETURNING s.owner, s.id, b.lease, b.delay_seconds, b.refund
+), requeued AS (
+    UPDATE jobs AS j
+    SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+        run_after = now() + make_interval(secs => r.delay_seconds),
+        attempts = greatest(j.attempts - r.refund, 0)
+    FROM released AS r WHERE j.owner = r.owner AND j.id = r.id
 )
-UPDATE jobs AS j
-SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-    run_after = now() + make_interval(secs => %(delay_seconds)s),
-    attempts = greatest(j.attempts - %(refund)s, 0)
-FROM released AS r WHERE j.owner = r.owner AND j.id = r.id;
+SELECT lease FROM released;
 
--- name: job_fail
+-- name: jobs_fail
 -- A session that was never parsed fails its parse too; one that failed later keeps its result.
 WITH failed AS (
-    UPDATE sessions
-    SET lifecycle = 'failed', error = %(error)s,
-        parse_status = CASE WHEN parse_status = 'pending' THEN 'failed' ELSE parse_status END,
+    UPDATE sessions AS s
+    SET lifecycle = 'failed', error = b.error,
+        parse_status = CASE WHEN s.parse_status = 'pending' THEN 'failed' ELSE s.parse_status END,
         lease_token = NULL
-    WHERE owner = %(owner)s AND id = %(id)s AND lease_token = %(lease)s
-    RETURNING owner, id
+    FROM (SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+              AS r(owner text, id text, lease uuid, error text)
+          LIMIT %(most)s) AS b
+    WHERE s.owner = b.owner AND s.id = b.id AND s.lease_token = b.lease
+    RETURNING s.owner, s.id, b.lease
+), done AS (
+    UPDATE jobs AS j
+    SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    FROM failed AS f WHERE j.owner = f.owner AND j.id = f.id
 )
-UPDATE jobs AS j
-SET done = true, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-FROM failed AS f WHERE j.owner = f.owner AND j.id = f.id;
+SELECT lease FROM failed;
 
 -- name: requeue_outdated
 -- Queues again, as background work (claimed only when no new work waits), a few finished

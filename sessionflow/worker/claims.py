@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
@@ -94,6 +94,8 @@ class Claims:
         keep: int = 0,
         keep_seconds: float = 30.0,
         batch: int = 1,
+        linger: float = 0.0,
+        writers: Callable[[], int] = lambda: 1,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -101,8 +103,9 @@ class Claims:
         self.keep = keep
         self.keep_seconds = keep_seconds
         self._kept: list[tuple[Conn, float]] = []  # and when it left the pool
-        # Stage writes of running jobs, committed together (up to batch in one transaction).
-        self.commits = GroupCommit(self.connection, batch)
+        # Stage writes of running jobs, committed together (up to batch in one transaction,
+        # waiting up to linger for the writers' writes to join).
+        self.commits = GroupCommit(self.connection, batch, linger=linger, writers=writers)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
@@ -156,14 +159,22 @@ class Claims:
             cur = await conn.execute(Q.extend_leases, params)
             return {row[0] for row in await cur.fetchall()}
 
-    async def _fenced(self, query: LiteralString, job: Job, **params: Any) -> bool:
-        return await self.commits.write(query, {**job.fence, **params})
+    async def _fenced(
+        self,
+        query: LiteralString,
+        job: Job,
+        json_fields: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> bool:
+        lease = str(job.lease)
+        row = {"owner": job.owner, "id": job.id, "lease": lease, **fields}
+        return await self.commits.write(query, lease, row, json_fields)
 
     # Stage writes go through the group commit: several jobs' writes in one transaction.
 
     async def advance(self, job: Job, lifecycle: str) -> bool:
         """Move a held session to a non-terminal lifecycle; False if the job was lost."""
-        return await self._fenced(Q.job_advance, job, lifecycle=lifecycle)
+        return await self._fenced(Q.jobs_advance, job, lifecycle=lifecycle)
 
     # Results arrive as JSON text, encoded off the event loop: they can be large.
 
@@ -171,10 +182,10 @@ class Claims:
         self, job: Job, parse_status: str, parse_result: str, parser_version: int
     ) -> bool:
         return await self._fenced(
-            Q.job_start_summarizing,
+            Q.jobs_start_summarizing,
             job,
+            {"parse_result": parse_result},
             parse_status=parse_status,
-            parse_result=parse_result,
             parser_version=parser_version,
         )
 
@@ -182,15 +193,15 @@ class Claims:
         self, job: Job, parse_status: str, parse_result: str, parser_version: int
     ) -> bool:
         return await self._fenced(
-            Q.job_finish_parsed,
+            Q.jobs_finish_parsed,
             job,
+            {"parse_result": parse_result},
             parse_status=parse_status,
-            parse_result=parse_result,
             parser_version=parser_version,
         )
 
     async def finish_summarized(self, job: Job, summary: str) -> bool:
-        return await self._fenced(Q.job_finish_summarized, job, summary=summary)
+        return await self._fenced(Q.jobs_finish_summarized, job, {"summary": summary})
 
     async def parse_result(self, job: Job) -> dict[str, Any] | None:
         """The parse result a previous attempt stored (a job resumed in summarizing)."""
@@ -204,15 +215,11 @@ class Claims:
     ) -> bool:
         """Give the job back for a later attempt (refund: this attempt did not count)."""
         return await self._fenced(
-            Q.job_release,
-            job,
-            delay_seconds=delay_seconds,
-            error=error,
-            refund=int(refund),
+            Q.jobs_release, job, delay_seconds=delay_seconds, error=error, refund=int(refund)
         )
 
     async def fail(self, job: Job, error: str) -> bool:
-        return await self._fenced(Q.job_fail, job, error=error)
+        return await self._fenced(Q.jobs_fail, job, error=error)
 
     async def wake_workers(self) -> None:
         async with self.pool.connection() as conn:

@@ -2,10 +2,13 @@
 
 Each job still writes its own session one state at a time and waits for that state's commit
 before it goes on, so every state a watcher can see is committed, notified and in order. What
-is shared is the transaction: writes that arrive while one batch commits wait and go together
-in the next, sent in one pipeline (one round trip, one commit, one WAL flush, for as many
-sessions as the batch holds). Each write keeps its own fence: its row count says whether that
-job still held its session.
+is shared is the transaction, and within it the statement: writes of the same kind that wait
+together are one set-based statement (sql/queries.sql, `jobs_*`) holding the whole batch as
+one JSON parameter, and writes of different kinds go in one pipeline (one round trip, one
+commit, one WAL flush, for as many sessions as the batch holds). A write that arrives while
+other jobs run waits up to `linger` seconds for theirs to join it, so batches fill under load
+and a lone job never waits. Each write keeps its own fence: the leases a statement returns
+say which jobs still held their session.
 
 A write the database refuses for its values (a DataError, say) must fail its own job only: a
 batch that fails that way is sent again one write at a time."""
@@ -13,77 +16,144 @@ batch that fails that way is sent again one write at a time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import psycopg
 
 Conn = psycopg.AsyncConnection[Any]
-_Write = tuple[LiteralString, dict[str, Any], "asyncio.Future[bool]"]
+
+_REFUSED = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+
+
+@dataclass
+class _Write:
+    query: LiteralString
+    lease: str
+    row: str  # the write's JSON object, one element of the statement's batch
+    future: asyncio.Future[bool] = field(repr=False)
+
+
+def encode_row(fields: dict[str, Any], json_fields: dict[str, str]) -> str:
+    """One element of a batch: fields encoded here, json_fields already JSON text (a parse
+    result or a summary, encoded off the event loop) placed as they are."""
+    parts = [json.dumps(fields)[:-1]]
+    for name, text in json_fields.items():
+        parts.append(f', "{name}": {text}')
+    parts.append("}")
+    return "".join(parts)
 
 
 class GroupCommit:
     def __init__(
-        self, connection: Callable[[], AbstractAsyncContextManager[Conn]], batch: int
+        self,
+        connection: Callable[[], AbstractAsyncContextManager[Conn]],
+        batch: int,
+        *,
+        linger: float = 0.0,
+        writers: Callable[[], int] = lambda: 1,
     ) -> None:
         self.connection = connection
         self.batch = batch
+        self.linger = linger
+        self.writers = writers  # how many jobs may write soon: the running ones
         self._pending: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._filled = asyncio.Event()
+        self._enough = 1
         self.commits = 0  # transactions committed, and the writes they held: for benchmarks
         self.writes = 0
 
-    async def write(self, query: LiteralString, params: dict[str, Any]) -> bool:
-        """Run one fenced write, committed with whatever else is waiting; whether it changed a
-        row (False: the job no longer holds its session)."""
+    async def write(
+        self,
+        query: LiteralString,
+        lease: str,
+        fields: dict[str, Any],
+        json_fields: dict[str, str] | None = None,
+    ) -> bool:
+        """Run one fenced write (query: a `jobs_*` statement; fields: its row, lease among
+        them), committed with whatever else is waiting; whether it changed its session (False:
+        the job no longer holds it)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((query, params, future))
+        self._pending.append(_Write(query, lease, encode_row(fields, json_fields or {}), future))
+        if len(self._pending) >= self._enough:
+            self._filled.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="group commit")
         return await future
 
     async def _flush(self) -> None:
         while self._pending:
+            await self._gather()
             batch, self._pending = self._pending[: self.batch], self._pending[self.batch :]
             try:
                 outcomes = await self._commit(batch)
             except BaseException as exc:  # the connection, or the flusher cancelled
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(
                             exc if isinstance(exc, Exception) else asyncio.CancelledError()
                         )
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():  # its job was cancelled meanwhile
+            for write, outcome in zip(batch, outcomes, strict=True):
+                if write.future.done():  # its job was cancelled meanwhile
                     continue
                 if isinstance(outcome, Exception):
-                    future.set_exception(outcome)
+                    write.future.set_exception(outcome)
                 else:
-                    future.set_result(outcome)
+                    write.future.set_result(outcome)
+
+    async def _gather(self) -> None:
+        """While other jobs run, wait up to linger for their writes to join the batch."""
+        self._enough = min(self.batch, self.writers())
+        if self.linger <= 0 or len(self._pending) >= self._enough:
+            return
+        self._filled.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger):
+                await self._filled.wait()
 
     async def _commit(self, batch: list[_Write]) -> list[bool | Exception]:
+        kinds: dict[LiteralString, list[_Write]] = {}
+        for write in batch:
+            kinds.setdefault(write.query, []).append(write)
         async with self.connection() as conn:
             self.commits += 1
             self.writes += len(batch)
-            if len(batch) == 1:  # no transaction to open: on its own, autocommit is one
-                return [await _one(conn, batch[0])]
             try:
-                async with conn.transaction(), conn.pipeline():
-                    cursors = [await conn.execute(query, params) for query, params, _ in batch]
-                return [cursor.rowcount > 0 for cursor in cursors]
-            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
+                if len(kinds) == 1:  # one statement: on its own, autocommit is a transaction
+                    held = await self._statement(conn, batch[0].query, batch)
+                else:
+                    async with conn.transaction(), conn.pipeline():
+                        cursors = [
+                            await conn.execute(query, self._params(writes))
+                            for query, writes in kinds.items()
+                        ]
+                    held = set()
+                    for cursor in cursors:
+                        held.update(str(row[0]) for row in await cursor.fetchall())
+            except _REFUSED as exc:
+                if len(batch) == 1:
+                    return [exc]
                 # One of them was refused for what it holds: each alone, so it alone fails.
-                return [await _one(conn, write) for write in batch]
+                return [await self._alone(conn, write) for write in batch]
+        return [write.lease in held for write in batch]
 
+    async def _statement(self, conn: Conn, query: LiteralString, writes: list[_Write]) -> set[str]:
+        cursor = await conn.execute(query, self._params(writes))
+        return {str(row[0]) for row in await cursor.fetchall()}
 
-async def _one(conn: Conn, write: _Write) -> bool | Exception:
-    query, params, _ = write
-    try:
-        cursor = await conn.execute(query, params)  # autocommit: its own transaction
-    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-        return exc
-    return cursor.rowcount > 0
+    async def _alone(self, conn: Conn, write: _Write) -> bool | Exception:
+        try:
+            return write.lease in await self._statement(conn, write.query, [write])
+        except _REFUSED as exc:
+            return exc
+
+    def _params(self, writes: list[_Write]) -> dict[str, Any]:
+        return {"batch": "[" + ",".join(write.row for write in writes) + "]", "most": self.batch}

@@ -99,6 +99,8 @@ class Worker:
             lease_seconds=settings.worker_lease_seconds,
             keep=self.concurrency + 1,  # one per running job, and the claim loop's
             batch=settings.worker_batch_size,
+            linger=settings.worker_commit_linger_seconds,
+            writers=lambda: len(self._running),
         )
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="sessionflow-worker"

@@ -79,19 +79,17 @@ async def test_several_sessions_share_a_stage_commit_and_each_state_is_its_own_c
     assert worker.claims.commits.writes > worker.claims.commits.commits
 
 
+def _ingest(db_dsn: str, ids: list[str]) -> None:
+    """Queue sessions straight through the ingest statement (their files are never read)."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        for session_id in ids:
+            params = {"owner": OWNER, "id": session_id, "key": "k", "size": 1}
+            params |= {"sha256": "a" * 64, "files": None, "force": True}
+            conn.execute(Q.session_ingest, params)
+
+
 async def test_a_write_refused_in_a_shared_commit_fails_its_own_job_only(db_dsn: str) -> None:
-    for session_id in ("good", "bad"):
-        ingest = {
-            "owner": OWNER,
-            "id": session_id,
-            "key": "k",
-            "size": 1,
-            "sha256": "a" * 64,
-            "files": None,
-            "force": True,
-        }
-        with psycopg.connect(db_dsn, autocommit=True) as conn:
-            conn.execute(Q.session_ingest, ingest)
+    _ingest(db_dsn, ["good", "bad"])
     pool = make_pool(db_dsn, min_size=1, max_size=2, timeout=5)
     await pool.open(wait=True)
     try:
@@ -116,3 +114,51 @@ async def test_a_write_refused_in_a_shared_commit_fails_its_own_job_only(db_dsn:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         states = dict(conn.execute("SELECT id, lifecycle FROM sessions").fetchall())
     assert states == {"good": "summarizing", "bad": "parsing"}
+
+
+async def test_writes_of_running_jobs_wait_for_each_other_and_share_one_statement(
+    db_dsn: str,
+) -> None:
+    """Under load a write lingers for the other running jobs' writes (worker_commit_linger):
+    writes that arrive apart still share one statement, and each keeps its own fence."""
+    ids = ["s1", "s2", "s3", "lost"]
+    _ingest(db_dsn, ids)
+    pool = make_pool(db_dsn, min_size=1, max_size=2, timeout=5)
+    await pool.open(wait=True)
+    try:
+        claims = Claims(
+            pool, worker_id="w", lease_seconds=30, batch=8, linger=30.0, writers=lambda: 4
+        )
+        jobs = {job.id: job for job in await claims.claim(4)}
+        _ingest(db_dsn, ["lost"])  # a re-ingest takes that job away: its write must not land
+
+        async def later(n: int, session_id: str) -> bool:
+            await asyncio.sleep(0.05 * n)
+            return await claims.advance(jobs[session_id], "parsing")
+
+        held = await asyncio.wait_for(
+            asyncio.gather(*(later(n, session_id) for n, session_id in enumerate(ids))), 20
+        )
+    finally:
+        await pool.close()
+
+    assert held == [True, True, True, False]
+    assert (claims.commits.commits, claims.commits.writes) == (1, 4)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        states = dict(conn.execute("SELECT id, lifecycle FROM sessions").fetchall())
+    assert states == {"s1": "parsing", "s2": "parsing", "s3": "parsing", "lost": "queued"}
+
+
+async def test_a_lone_job_does_not_linger(db_dsn: str) -> None:
+    _ingest(db_dsn, ["alone"])
+    pool = make_pool(db_dsn, min_size=1, max_size=2, timeout=5)
+    await pool.open(wait=True)
+    try:
+        # A linger no test could sit out: were it applied, the wait below would time out.
+        claims = Claims(
+            pool, worker_id="w", lease_seconds=30, batch=8, linger=3600.0, writers=lambda: 1
+        )
+        [job] = await claims.claim(1)
+        assert await asyncio.wait_for(claims.advance(job, "parsing"), 20)
+    finally:
+        await pool.close()
