@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 
 from sessionflow.cli import options
@@ -443,11 +445,11 @@ def _print_files(out: Console, report: dict[str, Any], roots: list[Path]) -> Non
     )
     skipped = report["files_skipped"]
     out.print(line + (f", {len(skipped)} skipped:" if skipped else ""), highlight=False)
-    _print_some(out, [f"{_shown(Path(item['path']), roots)}: {item['reason']}" for item in skipped])
+    _print_some(out, [(_shown(Path(item["path"]), roots), item["reason"]) for item in skipped])
     failed = report["upload_failed"]
     if failed:
         out.print(f"Not uploaded: {_count(len(failed), 'session')}:", highlight=False)
-        _print_some(out, [f"{item['id']}: {item['error']}" for item in failed])
+        _print_some(out, [(item["id"], item["error"]) for item in failed])
     missing = report["main_transcript_missing"]
     if missing:
         shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
@@ -468,13 +470,21 @@ def _shown(path: Path, roots: list[Path]) -> str:
     return str(path)
 
 
-def _print_some(out: Console, lines: list[str]) -> None:
-    """A few lines, then how many more."""
-    for text in lines[:FAILED_SHOWN]:
-        out.print(f"  {text}", highlight=False, markup=False)
-    if len(lines) > FAILED_SHOWN:
+def _print_some(out: Console, items: list[tuple[str, str]]) -> None:
+    """A few `what: why` lines, then how many more. On a terminal too narrow for one, the what
+    (a path or an id, to copy whole) has its line and the why is wrapped at words below it;
+    into a pipe each stays one line."""
+    for what, why in items[:FAILED_SHOWN]:
+        line = f"  {what}: {why}"
+        if not out.is_terminal or cell_len(line) <= out.width:
+            out.print(line, highlight=False, markup=False)
+            continue
+        out.print(f"  {what}:", highlight=False, markup=False)
+        for part in textwrap.wrap(why, max(20, out.width - 4), break_on_hyphens=False):
+            out.print(f"    {part}", highlight=False, markup=False)
+    if len(items) > FAILED_SHOWN:
         out.print(
-            f"  and {len(lines) - FAILED_SHOWN} more (--json lists them all)", highlight=False
+            f"  and {len(items) - FAILED_SHOWN} more (--json lists them all)", highlight=False
         )
 
 

@@ -12,6 +12,7 @@ import typer
 
 from sessionflow.cli import options
 from sessionflow.cli.backfill import BackfillOptions, execute
+from sessionflow.cli.ui import text_console
 from sessionflow.samples import write_sample_transcripts
 
 
@@ -49,7 +50,9 @@ def command(
         write_sample_transcripts(folder, sessions, seed=chosen_seed)
         if not json_output:
             noun = "transcript" if sessions == 1 else "transcripts"
-            typer.echo(f"Wrote {sessions} sample {noun} to {folder} (seed {chosen_seed})")
+            text_console().print(
+                f"Wrote {sessions} sample {noun} to {folder} (seed {chosen_seed})", markup=False
+            )
         opts = BackfillOptions(
             paths=[folder],
             server=None,

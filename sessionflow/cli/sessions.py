@@ -13,6 +13,7 @@ from rich.text import Text
 
 from sessionflow.cli import options
 from sessionflow.cli.localstack import LocalStackError, endpoint
+from sessionflow.cli.ui import text_console
 from sessionflow.client.http import ApiError, AuthError, ClientError, SessionflowClient
 from sessionflow.protocol import SessionDetail
 
@@ -100,9 +101,7 @@ def show(
 def _print_detail(detail: SessionDetail) -> None:
     """One session for a person. Everything that comes from a transcript (prompts, titles,
     paths) is printed as text, never read as rich markup."""
-    out = Console(highlight=False)
-    # On a terminal, long values wrap under their column; into a pipe, each stays one line.
-    out.soft_wrap = not out.is_terminal
+    out = text_console()  # on a terminal long values wrap under their column
     head = Text(detail.id, style="bold")
     head.append(f"  {detail.lifecycle.value}  (parse: {detail.parse_status.value})", style="")
     out.print(head)

@@ -209,13 +209,21 @@ class PlainUI:
         pass
 
 
+def text_console() -> Console:
+    """A console for what people read: on a terminal, text wraps at words (a terminal left to
+    itself folds lines mid-word); into a pipe, each line stays whole for grep and logs."""
+    out = Console(highlight=False)
+    out.soft_wrap = not out.is_terminal
+    return out
+
+
 def make_ui(json_output: bool) -> tuple[UI, Console]:
     """The UI for this run, and the console that final human output goes to."""
     if json_output:
         # stdout carries the JSON object alone; anything for people goes to stderr, plainly.
         err = Console(file=sys.stderr, force_terminal=False, soft_wrap=True)
         return PlainUI(err), err
-    out = Console(soft_wrap=True)
+    out = text_console()
     if out.is_terminal:
         return TerminalUI(out), out
     return PlainUI(Console(soft_wrap=True, force_terminal=False)), out

@@ -72,3 +72,40 @@ def test_both_bars_live_from_the_first_upload_and_steady_at_every_width(
     # The bar keeps one width however the note changes.
     assert len(bar_widths) == 1, bar_widths
     assert min(bar_widths) >= 10
+
+
+def test_sentences_wrap_at_words_and_a_reason_hangs_under_its_file_on_a_narrow_terminal(
+    procs: Processes, tmp_path: Path, make_token: Callable[[str], str]
+) -> None:
+    """A terminal left to itself folds a long line mid-word: at 60 columns the summary's
+    sentences wrap at words, and a skipped file's reason is indented under the file."""
+    server = procs.serve()
+    folder = tmp_path / "projects"
+    write_sample_transcripts(folder, 3, seed=5)
+    notes = folder / "-home-user-src-tools" / "notes.jsonl"
+    notes.parent.mkdir(parents=True, exist_ok=True)
+    notes.write_text('{"hello": "world"}\n' * 3)
+    env = {**cli_env(make_token("alice"), tmp_path), "NO_COLOR": "1"}
+    run = run_in_pty(["backfill", str(folder), "--server", server.url], env, columns=60)
+    assert run.returncode == 0, "\n".join(run.final)
+
+    lines = [line.rstrip() for line in run.final]
+    first = next(n for n, line in enumerate(lines) if line.startswith("Files: "))
+    last = next(n for n in range(first, len(lines)) if lines[n].endswith("skipped:"))
+    summary = " ".join(lines[first : last + 1])  # a fold inside a word would add a space
+    assert re.fullmatch(
+        r"Files: \d+ found, \d+ in \d+ sessions \(\d+ of them subagent runs?\), 1 skipped:",
+        summary,
+    ), lines[first : last + 1]
+    assert lines[last + 1] == f"  {notes.relative_to(folder)}:"
+    reason = []
+    for line in lines[last + 2 :]:
+        if not line.startswith("    "):
+            break
+        assert len(line) <= 60
+        reason.append(line.strip())
+    assert len(reason) > 1, lines[last:]
+    assert " ".join(reason) == (
+        "The file is not a Claude Code transcript: none of its first 3 lines is a JSON event "
+        "with a 'type' of user, assistant, system or summary."
+    )
