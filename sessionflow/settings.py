@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=default("worker_batch_size"), ge=1)
     # While other jobs run, how long a stage write waits for theirs to share its statement and
     # commit (worker/commits.py); a job running alone never waits.
-    worker_commit_linger_seconds: float = Field(default=0.01, ge=0)
+    worker_commit_linger_seconds: float = Field(default=0.01, ge=0, le=1)
     worker_retry_base_seconds: float = Field(default=1.0, ge=0)
     worker_retry_max_seconds: float = Field(default=60.0, ge=0)
     worker_listen: bool = True  # False: rely on the safety poll alone
