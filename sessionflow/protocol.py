@@ -34,6 +34,10 @@ class Lifecycle(StrEnum):
     FAILED = "failed"
 
 
+# Every lifecycle state's name, in the order a session goes through them.
+LIFECYCLE_STATES: tuple[str, ...] = tuple(state.value for state in Lifecycle)
+
+
 class ParseStatus(StrEnum):
     PENDING = "pending"
     OK = "ok"
@@ -103,15 +107,15 @@ def lifecycle_states(values: Sequence[str]) -> list[str]:
     """The lifecycle states a list filter names (`state=` of GET /api/sessions, `list --state`):
     each value one name, or several separated by commas, in any case; each once, in the order
     given. ValueError, in words, for a name that is no state or a value that names none."""
-    known = [state.value for state in Lifecycle]
+    known = ", ".join(LIFECYCLE_STATES)
     chosen: list[str] = []
     for value in values:
         names = [name.strip().lower() for name in value.split(",")]
         if not any(names):  # `state=`: a filter that names nothing is a mistake, not "all"
-            raise ValueError(f"the state filter names no state; use one of {', '.join(known)}")
+            raise ValueError(f"the state filter names no state; use one of {known}")
         for name in filter(None, names):
-            if name not in known:
-                raise ValueError(f"{name[:40]!r} is not a state; use one of {', '.join(known)}")
+            if name not in LIFECYCLE_STATES:
+                raise ValueError(f"{name[:40]!r} is not a state; use one of {known}")
             if name not in chosen:
                 chosen.append(name)
     return chosen

@@ -20,9 +20,13 @@ from sessionflow.cli import options
 from sessionflow.cli.sessions import run_command
 from sessionflow.client.http import ApiError, SessionflowClient
 from sessionflow.limits import default
-from sessionflow.protocol import Lifecycle, SessionListItem, SessionListPage, lifecycle_states
+from sessionflow.protocol import (
+    LIFECYCLE_STATES,
+    SessionListItem,
+    SessionListPage,
+    lifecycle_states,
+)
 
-STATES = [state.value for state in Lifecycle]
 # Asked a page at a time, at most what a server allows by default.
 PAGE = default("max_list_page")
 
@@ -101,7 +105,7 @@ def command(
             "--state",
             callback=_states_option,
             help=f"Only sessions in this state (repeat it, or separate by commas): "
-            f"{', '.join(STATES)}.",
+            f"{', '.join(LIFECYCLE_STATES)}.",
             show_default=False,
         ),
     ] = None,

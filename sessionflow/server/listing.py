@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sessionflow.protocol import (
+    LIFECYCLE_STATES,
     MAX_FILE_NAME_LENGTH,
-    Lifecycle,
     lifecycle_states,
     lookup_id_problem,
 )
@@ -33,9 +33,6 @@ _CURSOR_OVERHEAD = 256
 # no --since is '-infinity': the statement keeps one shape (sql/queries.sql list_sessions).
 _INFINITY = "infinity"
 _MINUS_INFINITY = "-infinity"
-
-ALL_STATES = [state.value for state in Lifecycle]
-
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -92,7 +89,7 @@ def listing(
         chosen = lifecycle_states(states)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
-    return Listing(owner, project, since, sorted(chosen) or ALL_STATES)
+    return Listing(owner, project, since, sorted(chosen) or list(LIFECYCLE_STATES))
 
 
 def encode_cursor(listing: Listing, active_at: datetime, session_id: str) -> str:
