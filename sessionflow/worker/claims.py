@@ -166,9 +166,8 @@ class Claims:
         json_fields: dict[str, str] | None = None,
         **fields: Any,
     ) -> bool:
-        lease = str(job.lease)
-        row = {"owner": job.owner, "id": job.id, "lease": lease, **fields}
-        return await self.commits.write(query, lease, row, json_fields)
+        row = {"owner": job.owner, "id": job.id, "lease": str(job.lease), **fields}
+        return await self.commits.write(query, row, json_fields)
 
     # Stage writes go through the group commit: several jobs' writes in one transaction.
 

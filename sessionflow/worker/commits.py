@@ -71,15 +71,15 @@ class GroupCommit:
     async def write(
         self,
         query: LiteralString,
-        lease: str,
         fields: dict[str, Any],
         json_fields: dict[str, str] | None = None,
     ) -> bool:
-        """Run one fenced write (query: a `jobs_*` statement; fields: its row, lease among
-        them), committed with whatever else is waiting; whether it changed its session (False:
-        the job no longer holds it)."""
+        """Run one fenced write (query: a `jobs_*` statement; fields: its row: owner, id, the
+        job's lease as text, what it sets), committed with whatever else is waiting; whether it
+        changed its session (False: the job no longer holds it)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(query, lease, encode_row(fields, json_fields or {}), future))
+        row = encode_row(fields, json_fields or {})
+        self._pending.append(_Write(query, fields["lease"], row, future))
         if len(self._pending) >= self._enough:
             self._filled.set()
         if self._flusher is None or self._flusher.done():
@@ -128,16 +128,14 @@ class GroupCommit:
             self.writes += len(batch)
             try:
                 if len(kinds) == 1:  # one statement: on its own, autocommit is a transaction
-                    held = await self._statement(conn, batch[0].query, batch)
+                    held = await _held(await conn.execute(batch[0].query, self._params(batch)))
                 else:
                     async with conn.transaction(), conn.pipeline():
                         cursors = [
                             await conn.execute(query, self._params(writes))
                             for query, writes in kinds.items()
                         ]
-                    held = set()
-                    for cursor in cursors:
-                        held.update(str(row[0]) for row in await cursor.fetchall())
+                    held = set().union(*[await _held(cursor) for cursor in cursors])
             except _REFUSED as exc:
                 if len(batch) == 1:
                     return [exc]
@@ -145,15 +143,17 @@ class GroupCommit:
                 return [await self._alone(conn, write) for write in batch]
         return [write.lease in held for write in batch]
 
-    async def _statement(self, conn: Conn, query: LiteralString, writes: list[_Write]) -> set[str]:
-        cursor = await conn.execute(query, self._params(writes))
-        return {str(row[0]) for row in await cursor.fetchall()}
-
     async def _alone(self, conn: Conn, write: _Write) -> bool | Exception:
         try:
-            return write.lease in await self._statement(conn, write.query, [write])
+            cursor = await conn.execute(write.query, self._params([write]))
+            return write.lease in await _held(cursor)
         except _REFUSED as exc:
             return exc
 
     def _params(self, writes: list[_Write]) -> dict[str, Any]:
         return {"batch": "[" + ",".join(write.row for write in writes) + "]", "most": self.batch}
+
+
+async def _held(cursor: psycopg.AsyncCursor[Any]) -> set[str]:
+    """The leases a stage write returned: the jobs that still held their session."""
+    return {str(row[0]) for row in await cursor.fetchall()}

@@ -220,10 +220,10 @@ def _relative(path: str, cwd: str | None) -> str:
         # The usual case in plain string operations (a tenth of pathlib's cost, once per file
         # of every summary); any path pathlib would normalize first goes the long way.
         prefix = cwd.rstrip("/") + "/"
-        rest = path[len(prefix) :]
-        plain = rest[:1] not in ("", "/") and rest != "." and _plain(rest) and _plain(cwd + "x")
-        if plain and path.startswith(prefix):
-            return rest
+        if path.startswith(prefix):
+            rest = path[len(prefix) :]
+            if rest[:1] not in ("", "/") and rest != "." and _plain(rest) and _plain(cwd + "x"):
+                return rest
         try:
             return str(PurePosixPath(path).relative_to(cwd))
         except ValueError:
